@@ -1,0 +1,138 @@
+"""The gateway's HTTP API as a Lambda handler (API Gateway HTTP API, payload 2.0).
+
+Parse, call the core, return: decisions live in ``gateway``, HTTP mapping of errors in
+``functions.problems``, wiring in ``functions.bootstrap``."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from functions import bootstrap
+from functions.api import openapi
+from functions.problems import PROBLEM_JSON, problem_body, problem_headers
+from gateway.auth import principal_from_context
+from gateway.errors import GatewayError, MalformedRequestError, NotFoundError, all_problem_types
+from gateway.hints import parse_hints
+from gateway.models import InvocationRequest, ModelSummary, Principal
+
+logger = Logger(service="infergw-api")
+app = APIGatewayHttpResolver(enable_validation=True)
+app.enable_swagger(path="/docs", title="infergw", version="1")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/problems/{slug}"})
+
+
+def _principal() -> Principal:
+    authorizer = app.current_event.request_context.authorizer
+    return principal_from_context(authorizer.get_lambda if authorizer else None)
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    body = event.body or ""
+    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
+
+
+@app.get("/healthz", summary="Liveness of the API function")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/openapi.json", summary="This API's OpenAPI document", include_in_schema=False)
+def openapi_json() -> Response[Any]:
+    return Response(200, "application/json", json.dumps(openapi.document(app)))
+
+
+@app.get("/problems/<slug>", summary="What a problem type means", include_in_schema=False)
+def problem_type(slug: str) -> dict[str, Any]:
+    for cls in all_problem_types():
+        if cls.slug == slug:
+            return {"type": "/problems/" + slug, "title": cls.title, "status": cls.status}
+    raise NotFoundError(f"There is no problem type '{slug}'.")
+
+
+@app.get("/v1/models", summary="Models the caller may use")
+def list_models() -> list[ModelSummary]:
+    return bootstrap.gateway().list_models(_principal())
+
+
+@app.get("/v1/models/<model>", summary="One model and its policy summary")
+def get_model(model: str) -> ModelSummary:
+    return bootstrap.gateway().get_model(_principal(), model)
+
+
+@app.post(
+    "/v1/models/<model>/invocations",
+    summary="Invoke a model",
+    description=(
+        "Runs the model on the body (JSON `inputs`/`instances`, OIP v2 tensors, CSV, NDJSON "
+        "or .npy) on the backend the router picks; `X-Inference-Route` says which and why."
+    ),
+)
+def invoke(model: str) -> Response[Any]:
+    event = app.current_event
+    headers = {k.lower(): v for k, v in (event.headers or {}).items()}
+    request = InvocationRequest(
+        model=model,
+        body=_raw_body(),
+        content_type=headers.get("content-type", "application/json"),
+        accept=headers.get("accept") or "application/json",
+        hints=parse_hints(headers),
+    )
+    outcome = bootstrap.gateway().invoke(_principal(), request)
+    timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
+    return Response(
+        status_code=outcome.status,
+        content_type=outcome.content_type,
+        body=outcome.body.decode() if outcome.content_type.endswith("json") else outcome.body,
+        headers={
+            "X-Inference-Route": outcome.decision.header(),
+            "X-Model-Variant": outcome.decision.variant,
+            "X-Model-Version": outcome.model_version,
+            "Server-Timing": timing,
+        },
+    )
+
+
+def _problem(error: GatewayError) -> Response[str]:
+    return Response(
+        status_code=error.status,
+        content_type=PROBLEM_JSON,
+        body=problem_body(error, instance=app.current_event.path),
+        headers=problem_headers(error),
+    )
+
+
+@app.exception_handler(GatewayError)  # type: ignore[untyped-decorator]
+def on_gateway_error(error: GatewayError) -> Response[str]:
+    return _problem(error)
+
+
+@app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
+def on_validation_error(error: RequestValidationError) -> Response[str]:
+    fields = [".".join(str(p) for p in e.get("loc", ())) for e in error.errors()]
+    return _problem(MalformedRequestError(f"Invalid request: {', '.join(fields)}.", errors=fields))
+
+
+@app.not_found
+def on_not_found(_: Exception) -> Response[str]:
+    event = app.current_event
+    return _problem(NotFoundError(f"No route for {event.http_method} {event.path}."))
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def on_unexpected(error: Exception) -> Response[str]:
+    # A bug, never the client's doing: log it whole, tell the client nothing internal.
+    logger.exception("unhandled error")
+    return _problem(GatewayError("The gateway failed unexpectedly; the error was logged."))
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,23 @@
+"""API Gateway HTTP API REQUEST authorizer (payload 2.0, simple responses).
+
+The decision is cached by API Gateway per Authorization header for the stack's
+``AuthorizerCacheTtlSeconds``; the principal travels to the API function as context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions import bootstrap
+from gateway.auth import principal_to_context
+from gateway.errors import GatewayError
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    headers = event.get("headers") or {}
+    try:
+        principal = bootstrap.authenticator().authenticate(headers.get("authorization"))
+    except GatewayError as exc:
+        # Only the verdict leaves the authorizer; the reason is for the local front end,
+        # which renders it as problem+json (API Gateway itself answers a fixed 403).
+        return {"isAuthorized": False, "context": {"reason": exc.detail, "status": exc.status}}
+    return {"isAuthorized": True, "context": principal_to_context(principal)}

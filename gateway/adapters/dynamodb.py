@@ -1,0 +1,139 @@
+"""DynamoDB stores for policies and API keys."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from gateway.errors import ConflictError, DependencyUnavailableError
+from gateway.models import ApiKeyRecord, ModelPolicy
+
+
+class _Table:
+    """Shared error translation: any SDK failure becomes ``DependencyUnavailableError``."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client, operation)(TableName=self._table, **kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise
+            raise DependencyUnavailableError(
+                f"The table {self._table} is unavailable.", retry_after_s=1
+            ) from exc
+        except BotoCoreError as exc:
+            raise DependencyUnavailableError(
+                f"The table {self._table} is unreachable.", retry_after_s=1
+            ) from exc
+
+    def _scan(self) -> Iterator[dict[str, Any]]:
+        start: dict[str, Any] | None = None
+        while True:
+            page = self._call("scan", **({"ExclusiveStartKey": start} if start else {}))
+            yield from page.get("Items", [])
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+
+class DynamoDBPolicyStore(_Table):
+    """One item per model: the validated policy document and its revision number, which
+    every update must match (optimistic concurrency)."""
+
+    def get(self, model: str) -> ModelPolicy | None:
+        item = self._call("get_item", Key={"model": {"S": model}}, ConsistentRead=False).get("Item")
+        return None if item is None else _policy(item)
+
+    def list(self) -> list[ModelPolicy]:
+        return [_policy(item) for item in self._scan()]
+
+    def put(self, policy: ModelPolicy) -> ModelPolicy:
+        stored = policy.model_copy(update={"revision": policy.revision + 1})
+        condition: dict[str, Any]
+        if policy.revision == 0:
+            condition = {"ConditionExpression": "attribute_not_exists(model)"}
+        else:
+            condition = {
+                "ConditionExpression": "revision = :read",
+                "ExpressionAttributeValues": {":read": {"N": str(policy.revision)}},
+            }
+        try:
+            self._call(
+                "put_item",
+                Item={
+                    "model": {"S": stored.model},
+                    "revision": {"N": str(stored.revision)},
+                    "doc": {"S": stored.model_dump_json()},
+                },
+                **condition,
+            )
+        except ClientError as exc:
+            raise ConflictError(
+                f"Policy '{policy.model}' changed since revision {policy.revision} was read.",
+                model=policy.model,
+            ) from exc
+        return stored
+
+    def delete(self, model: str) -> None:
+        self._call("delete_item", Key={"model": {"S": model}})
+
+
+def _policy(item: dict[str, Any]) -> ModelPolicy:
+    try:
+        return ModelPolicy.model_validate_json(item["doc"]["S"])
+    except (KeyError, ValidationError) as exc:
+        model = item.get("model", {}).get("S", "?")
+        raise DependencyUnavailableError(f"The stored policy of '{model}' is invalid.") from exc
+
+
+class DynamoDBKeyStore(_Table):
+    def get(self, key_digest: str) -> ApiKeyRecord | None:
+        item = self._call(
+            "get_item", Key={"key_digest": {"S": key_digest}}, ConsistentRead=True
+        ).get("Item")
+        return None if item is None else _key(item)
+
+    def put(self, record: ApiKeyRecord) -> None:
+        doc = {
+            "key_id": record.key_id,
+            "tenant": record.tenant,
+            "scopes": sorted(record.scopes),
+            "tier": record.tier,
+            "allowed_models": None
+            if record.allowed_models is None
+            else sorted(record.allowed_models),
+            "created_at": record.created_at,
+            "revoked_at": record.revoked_at,
+        }
+        self._call(
+            "put_item",
+            Item={
+                "key_digest": {"S": record.key_digest},
+                "key_id": {"S": record.key_id},
+                "tenant": {"S": record.tenant},
+                "doc": {"S": json.dumps(doc)},
+            },
+        )
+
+
+def _key(item: dict[str, Any]) -> ApiKeyRecord:
+    doc = json.loads(item["doc"]["S"])
+    models = doc.get("allowed_models")
+    return ApiKeyRecord(
+        key_digest=item["key_digest"]["S"],
+        key_id=doc["key_id"],
+        tenant=doc["tenant"],
+        scopes=frozenset(doc["scopes"]),
+        tier=doc.get("tier", "standard"),
+        allowed_models=None if models is None else frozenset(models),
+        created_at=doc.get("created_at", ""),
+        revoked_at=doc.get("revoked_at"),
+    )

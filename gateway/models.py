@@ -1,0 +1,189 @@
+"""Value objects of the core: policies, principals, requests, decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MiB = 1024 * 1024
+# Hard ceilings of the managed services; a policy may only set lower limits.
+REALTIME_MAX_BYTES = 6 * MiB
+SERVERLESS_MAX_BYTES = 4 * MiB
+API_GATEWAY_MAX_BYTES = 10 * MiB
+
+ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+
+
+class Backend(StrEnum):
+    REALTIME = "realtime"
+    SERVERLESS = "serverless"
+    ASYNC = "async"
+
+
+class Scope(StrEnum):
+    INVOKE = "invoke"
+    JOBS = "jobs"
+    ADMIN = "admin"
+
+
+class EndpointTarget(BaseModel):
+    """A synchronous model endpoint: a SageMaker endpoint name or an OIP v2 model server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_name: Annotated[str, Field(min_length=1, max_length=63)]
+    protocol: Literal["sagemaker"] = "sagemaker"
+    capacity: Annotated[int, Field(ge=1, le=10_000)] = 8
+    expected_latency_ms: Annotated[float, Field(gt=0)] = 50.0
+
+
+class InputSchema(BaseModel):
+    """What a model accepts: rows of ``features`` numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features: Annotated[int, Field(ge=1, le=1_000_000)]
+    dtype: Literal["float32"] = "float32"
+
+
+class ModelPolicy(BaseModel):
+    """Everything the gateway needs to know to serve one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelName
+    version: Annotated[str, Field(min_length=1, max_length=32)] = "1"
+    description: str = ""
+    slo_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 1000
+    timeout_ms: Annotated[int, Field(ge=1, le=900_000)] = 30_000
+    sync_max_bytes: Annotated[int, Field(ge=1, le=API_GATEWAY_MAX_BYTES)] = REALTIME_MAX_BYTES
+    realtime: EndpointTarget | None = None
+    serverless: EndpointTarget | None = None
+    async_enabled: bool = False
+    allowed_tenants: list[str] = Field(default_factory=lambda: ["*"])
+    input: InputSchema | None = None
+    revision: Annotated[int, Field(ge=0)] = 0
+
+    def visible_to(self, tenant: str) -> bool:
+        return "*" in self.allowed_tenants or tenant in self.allowed_tenants
+
+
+class ModelSummary(BaseModel):
+    """The part of a policy a caller may see."""
+
+    model: str
+    version: str
+    description: str
+    slo_ms: int
+    sync_max_bytes: int
+    backends: list[Backend]
+    input: InputSchema | None
+
+    @classmethod
+    def of(cls, policy: ModelPolicy) -> ModelSummary:
+        backends = [
+            b
+            for b, present in (
+                (Backend.REALTIME, policy.realtime is not None),
+                (Backend.SERVERLESS, policy.serverless is not None),
+                (Backend.ASYNC, policy.async_enabled),
+            )
+            if present
+        ]
+        return cls(
+            model=policy.model,
+            version=policy.version,
+            description=policy.description,
+            slo_ms=policy.slo_ms,
+            sync_max_bytes=policy.sync_max_bytes,
+            backends=backends,
+            input=policy.input,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller, as the authorizer hands it to the API."""
+
+    tenant: str
+    key_id: str
+    scopes: frozenset[str]
+    tier: str = "standard"
+    allowed_models: frozenset[str] | None = None  # None: every model the tenant may see
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """What is stored for an API key: never the key, only its SHA-256 digest."""
+
+    key_digest: str
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+    tier: str = "standard"
+    allowed_models: frozenset[str] | None = None
+    created_at: str = ""
+    revoked_at: str | None = None
+
+    def principal(self) -> Principal:
+        return Principal(
+            tenant=self.tenant,
+            key_id=self.key_id,
+            scopes=self.scopes,
+            tier=self.tier,
+            allowed_models=self.allowed_models,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHints:
+    """What the client asked for beyond the payload."""
+
+    prefer_async: bool = False
+    latency_budget_ms: int | None = None
+    idempotency_key: str | None = None
+    target_variant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRequest:
+    model: str
+    body: bytes
+    content_type: str
+    accept: str = "application/json"
+    hints: RequestHints = field(default_factory=RequestHints)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    backend: Backend
+    reason: str
+    variant: str = "primary"
+
+    def header(self) -> str:
+        return f"{self.backend.value}; reason={self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendReply:
+    """What a synchronous backend returned."""
+
+    body: bytes
+    content_type: str
+    variant: str | None = None
+
+
+@dataclass(slots=True)
+class InvocationOutcome:
+    status: int
+    body: bytes
+    content_type: str
+    decision: RouteDecision
+    model_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)

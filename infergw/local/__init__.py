@@ -1,0 +1,1 @@
+"""The embedded local stack: AWS emulator, provisioning, endpoint host, gateway front end."""

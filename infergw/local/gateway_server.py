@@ -1,0 +1,27 @@
+"""The gateway as a local HTTP server (or a container): uvicorn in front of the Lambda
+handlers, through :class:`LocalHttpApi`."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from functions.api.app import PUBLIC_PATHS
+from functions.api.app import handler as api_handler
+from functions.authorizer.app import handler as authorizer_handler
+from infergw.local.http_api import LocalHttpApi
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gateway_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--authorizer-ttl", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    app = LocalHttpApi(api_handler, authorizer_handler, PUBLIC_PATHS, args.authorizer_ttl)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

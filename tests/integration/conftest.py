@@ -1,0 +1,101 @@
+"""One real local stack per test session: moto server, endpoint host with model servers,
+and the gateway's HTTP front end, each a process on loopback with free ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import yaml
+
+from infergw.local import processes
+from infergw.local.stack import DEMO, EMULATOR_CREDENTIALS, Connection, LocalStack, StackConfig
+
+# Extra endpoints and policies only tests need: one endpoint a test may kill, one policy
+# naming an endpoint that does not exist.
+TEST_ADDITIONS: dict[str, Any] = {
+    "endpoints": [{"name": "doomed-realtime", "model": "digits", "version": "1", "instances": 1}],
+    "policies": [
+        {
+            "model": "doomed",
+            "version": "1",
+            "slo_ms": 300,
+            "timeout_ms": 3000,
+            "realtime": {"endpoint_name": "doomed-realtime"},
+            "input": {"features": 64},
+        },
+        {
+            "model": "ghost",
+            "version": "1",
+            "slo_ms": 300,
+            "timeout_ms": 3000,
+            "realtime": {"endpoint_name": "no-such-endpoint"},
+        },
+        {
+            "model": "digits-unchecked",
+            "version": "1",
+            "realtime": {"endpoint_name": "digits-realtime"},
+        },
+        {
+            "model": "tenant-b-only",
+            "version": "1",
+            "allowed_tenants": ["tenant-b"],
+            "realtime": {"endpoint_name": "digits-realtime"},
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    state = tmp_path_factory.mktemp("stack")
+    demo = yaml.safe_load(DEMO.read_text())
+    for section, extra in TEST_ADDITIONS.items():
+        demo[section] = demo[section] + extra
+    demo_file = state / "demo.yaml"
+    demo_file.write_text(yaml.safe_dump(demo))
+    config = StackConfig(
+        state_dir=state,
+        gateway_port=processes.free_port(),
+        aws_port=processes.free_port(),
+        endpoint_port=processes.free_port(),
+        stack_name="infergw-test",
+        demo=demo_file,
+        authorizer_ttl_s=1.0,
+    )
+    with LocalStack(config, report=lambda _: None) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def conn(stack: LocalStack) -> Connection:
+    assert stack.connection is not None
+    return stack.connection
+
+
+@pytest.fixture(scope="session")
+def aws(conn: Connection) -> boto3.session.Session:
+    return boto3.session.Session(
+        region_name=conn.region,
+        aws_access_key_id=EMULATOR_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=EMULATOR_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture()
+def http(conn: Connection) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=conn.gateway_url,
+        headers={"Authorization": f"Bearer {conn.api_key}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def models_dir(stack: LocalStack) -> Path:
+    return stack.config.state_dir / "models"
