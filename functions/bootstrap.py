@@ -1,15 +1,43 @@
-"""Wiring, once per process (Lambda cold start). Tests build the same objects with fakes."""
+"""Wiring, once per process (Lambda cold start). Tests build the same objects with fakes
+and install them with :func:`use`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cache
+from typing import TypeVar
 
 from gateway.adapters import aws
-from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore
+from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore, DynamoDBUsageStore
+from gateway.adapters.dynamodb_limits import DynamoDBLimitStore
+from gateway.adapters.jwks import HttpJwksSource
 from gateway.adapters.sagemaker import SageMakerRuntimeInvoker
+from gateway.admin import KeyAdmin, PolicyAdmin
+from gateway.admission import Admission
 from gateway.auth import ApiKeyAuthenticator
+from gateway.authn import CredentialAuthenticator
+from gateway.jwt_auth import JwksCache, JwtAuthenticator, JwtSettings
+from gateway.ratelimit import LeasedLimiter
 from gateway.service import CachedPolicyStore, Gateway
 from gateway.settings import Settings
+from gateway.usage import UsageRecorder
+
+
+@dataclass
+class Services:
+    """Everything the handlers call, built once."""
+
+    gateway: Gateway | None = None
+    authenticator: CredentialAuthenticator | None = None
+    policy_admin: PolicyAdmin | None = None
+    key_admin: KeyAdmin | None = None
+    revocation_listeners: list[Callable[[str], None]] = field(default_factory=list)
+
+
+_services: Services | None = None
+T = TypeVar("T")
 
 
 @cache
@@ -17,43 +45,117 @@ def settings() -> Settings:
     return Settings.from_environ()
 
 
-_gateway: Gateway | None = None
-_authenticator: ApiKeyAuthenticator | None = None
+def use(
+    services: Services | None = None,
+    *,
+    gateway: Gateway | None = None,
+    authenticator: CredentialAuthenticator | None = None,
+) -> None:
+    """Install ready-made services (tests with fakes, embedding); no argument resets."""
+    global _services
+    if isinstance(authenticator, ApiKeyAuthenticator):
+        authenticator = CredentialAuthenticator(authenticator, None)
+    if services is None and (gateway is not None or authenticator is not None):
+        services = Services(gateway=gateway, authenticator=authenticator)
+    _services = services
 
 
-def use(gateway: Gateway | None = None, authenticator: ApiKeyAuthenticator | None = None) -> None:
-    """Install ready-made objects (tests with fakes, embedding); ``None`` resets to lazy."""
-    global _gateway, _authenticator
-    _gateway, _authenticator = gateway, authenticator
+def services() -> Services:
+    global _services
+    if _services is None:
+        _services = build(settings())
+    return _services
 
 
 def gateway() -> Gateway:
-    global _gateway
-    if _gateway is None:
-        _gateway = build_gateway(settings())
-    return _gateway
+    return _present(services().gateway, "gateway")
 
 
-def authenticator() -> ApiKeyAuthenticator:
-    global _authenticator
-    if _authenticator is None:
-        _authenticator = build_authenticator(settings())
-    return _authenticator
+def authenticator() -> CredentialAuthenticator:
+    return _present(services().authenticator, "authenticator")
 
 
-def build_gateway(config: Settings) -> Gateway:
-    dynamodb = aws.client("dynamodb", read_timeout=3)
-    policies = CachedPolicyStore(
+def policy_admin() -> PolicyAdmin:
+    return _present(services().policy_admin, "policy_admin")
+
+
+def key_admin() -> KeyAdmin:
+    return _present(services().key_admin, "key_admin")
+
+
+def _present(value: T | None, name: str) -> T:
+    if value is None:
+        raise RuntimeError(f"bootstrap: no {name} installed")
+    return value
+
+
+def on_revoke(listener: Callable[[str], None]) -> None:
+    """Be told the digest of every key revoked through this process (e.g. to drop a
+    front end's cached authorizer verdicts at once)."""
+    services().revocation_listeners.append(listener)
+
+
+def _tokens(config: Settings) -> JwtAuthenticator | None:
+    if not config.jwks_url:
+        return None
+    settings = JwtSettings(
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        jwks_url=config.jwks_url,
+        algorithms=config.jwt_algorithms,
+        tenant_claim=config.jwt_tenant_claim,
+    )
+    return JwtAuthenticator(settings, JwksCache(HttpJwksSource(config.jwks_url), settings))
+
+
+def _quietly(future: Future[None]) -> None:
+    # Best effort: a failed "last used" write must never reach a caller.
+    future.add_done_callback(lambda f: f.exception())
+
+
+def build(config: Settings) -> Services:
+    dynamodb = aws.client(
+        "dynamodb", read_timeout=3, retries={"mode": "standard", "max_attempts": 2}
+    )
+    policy_store = CachedPolicyStore(
         DynamoDBPolicyStore(dynamodb, config.policies_table), ttl_s=config.policy_cache_ttl_s
     )
+    keys = DynamoDBKeyStore(dynamodb, config.keys_table)
+    background = ThreadPoolExecutor(1, thread_name_prefix="touch")
+    api_keys = ApiKeyAuthenticator(
+        keys,
+        cache_ttl_s=config.key_cache_ttl_s,
+        touch=lambda key_id, when: _quietly(background.submit(keys.touch, key_id, when)),
+    )
+    admission = (
+        Admission(LeasedLimiter(DynamoDBLimitStore(dynamodb, config.limits_table)))
+        if config.limits_table
+        else None
+    )
+    usage_store = DynamoDBUsageStore(dynamodb, config.usage_table) if config.usage_table else None
     invoker = SageMakerRuntimeInvoker(
         lambda timeout_s: aws.client(
             "sagemaker-runtime", read_timeout=timeout_s, retries={"max_attempts": 1}
         )
     )
-    return Gateway(policies, invoker)
+    gateway = Gateway(
+        policy_store,
+        invoker,
+        admission=admission,
+        usage=UsageRecorder(usage_store) if usage_store else None,
+        usage_store=usage_store,
+    )
+    authenticator = CredentialAuthenticator(api_keys, _tokens(config))
+    listeners: list[Callable[[str], None]] = [authenticator.forget]
 
+    def revoked(digest: str) -> None:
+        for listener in listeners:
+            listener(digest)
 
-def build_authenticator(config: Settings) -> ApiKeyAuthenticator:
-    keys = DynamoDBKeyStore(aws.client("dynamodb", read_timeout=3), config.keys_table)
-    return ApiKeyAuthenticator(keys, cache_ttl_s=config.key_cache_ttl_s)
+    return Services(
+        gateway=gateway,
+        authenticator=authenticator,
+        policy_admin=PolicyAdmin(policy_store),
+        key_admin=KeyAdmin(keys, on_revoke=revoked),
+        revocation_listeners=listeners,
+    )

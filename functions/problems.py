@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from gateway.errors import GatewayError
@@ -25,9 +26,10 @@ def problem_document(error: GatewayError, instance: str | None = None) -> dict[s
 
 
 def problem_headers(error: GatewayError) -> dict[str, str]:
-    headers = {"Content-Type": PROBLEM_JSON}
+    headers = {**error.headers, "Content-Type": PROBLEM_JSON}
     if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, int(error.retry_after_s)))
+        # Whole seconds, rounded up: retrying after the advertised time must succeed.
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return headers
 
 

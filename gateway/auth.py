@@ -34,11 +34,13 @@ def key_id_of(key_digest: str) -> str:
     return "key_" + key_digest[:12]
 
 
-def bearer_credential(authorization: str | None) -> str:
+def bearer_credential(authorization: str | None, max_length: int = _MAX_CREDENTIAL_LENGTH) -> str:
     """The credential of an ``Authorization: Bearer ...`` header, or 401."""
     if not authorization:
-        raise UnauthenticatedError("Send an API key as 'Authorization: Bearer <key>'.")
-    if len(authorization) > _MAX_CREDENTIAL_LENGTH:
+        raise UnauthenticatedError(
+            "Send an API key or a token as 'Authorization: Bearer <credential>'."
+        )
+    if len(authorization) > max_length:
         raise UnauthenticatedError("The Authorization header is too long.")
     scheme, _, credential = authorization.strip().partition(" ")
     credential = credential.strip()
@@ -58,10 +60,12 @@ class ApiKeyAuthenticator:
         keys: KeyStore,
         cache_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        touch: Callable[[str, str], None] | None = None,
     ) -> None:
         self._keys = keys
         self._ttl = cache_ttl_s
         self._clock = clock
+        self._touch = touch
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -87,6 +91,9 @@ class ApiKeyAuthenticator:
         if cached is not None and cached[0] > now:
             return cached[1]
         record = self._keys.get(digest)
+        if record is not None and self._touch is not None:
+            # "Last used" is refreshed once per cache period, off the request path.
+            self._touch(record.key_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         if len(self._cache) > 100_000:  # bounded: garbage keys must not grow memory forever
             self._cache.clear()
         self._cache[digest] = (now + self._ttl, record)

@@ -15,10 +15,18 @@ class GatewayError(Exception):
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str, *, retry_after_s: int | None = None, **extensions: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.headers = headers or {}
         self.extensions = extensions
 
     @property
@@ -60,6 +68,14 @@ class UnsupportedMediaTypeError(GatewayError):
 
 class SchemaMismatchError(GatewayError):
     status, slug, title = 422, "schema-mismatch", "Input does not match the model's schema"
+
+
+class InvalidRequestError(GatewayError):
+    status, slug, title = 422, "invalid-request", "The request does not match the API's schema"
+
+
+class InvalidPolicyError(GatewayError):
+    status, slug, title = 422, "invalid-policy", "The policy document is invalid"
 
 
 class RateLimitedError(GatewayError):

@@ -11,6 +11,7 @@ from gateway.models import RequestHints
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _VARIANT = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 _MAX_BUDGET_MS = 3_600_000
+_BUDGET = re.compile(r"^[0-9]{1,7}$")  # ASCII digits only: str.isdigit() admits '²'
 
 
 def parse_hints(headers: Mapping[str, str]) -> RequestHints:
@@ -36,7 +37,7 @@ def _budget(raw: str | None) -> int | None:
     if raw is None:
         return None
     value = raw.strip()
-    if not value.isdigit() or not 0 < int(value) <= _MAX_BUDGET_MS:
+    if not _BUDGET.fullmatch(value) or not 0 < int(value) <= _MAX_BUDGET_MS:
         raise MalformedRequestError(
             f"X-Latency-Budget-Ms must be an integer between 1 and {_MAX_BUDGET_MS}.",
             header="X-Latency-Budget-Ms",

@@ -40,6 +40,55 @@ class EndpointTarget(BaseModel):
     expected_latency_ms: Annotated[float, Field(gt=0)] = 50.0
 
 
+class RateLimitSpec(BaseModel):
+    """A token bucket: ``rate_per_s`` sustained, ``burst`` at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_s: Annotated[float, Field(gt=0, le=1_000_000)]
+    burst: Annotated[int, Field(ge=1, le=10_000_000)]
+
+
+class Tier(BaseModel):
+    """What a key's rate-limit tier grants: per key, per tenant, per day."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: RateLimitSpec
+    tenant: RateLimitSpec
+    daily_quota: Annotated[int, Field(ge=1)] | None = None
+
+
+DEFAULT_TIERS: dict[str, Tier] = {
+    "free": Tier(
+        key=RateLimitSpec(rate_per_s=2, burst=5),
+        tenant=RateLimitSpec(rate_per_s=5, burst=10),
+        daily_quota=1_000,
+    ),
+    "standard": Tier(
+        key=RateLimitSpec(rate_per_s=50, burst=100),
+        tenant=RateLimitSpec(rate_per_s=100, burst=200),
+        daily_quota=1_000_000,
+    ),
+    "premium": Tier(
+        key=RateLimitSpec(rate_per_s=100_000, burst=200_000),
+        tenant=RateLimitSpec(rate_per_s=100_000, burst=200_000),
+    ),
+}
+
+
+class Variant(BaseModel):
+    """A model version served by its own endpoints, taking ``weight`` of the traffic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,63}$")]
+    version: Annotated[str, Field(min_length=1, max_length=32)]
+    weight: Annotated[float, Field(ge=0, le=100)] = 0
+    realtime: EndpointTarget | None = None
+    serverless: EndpointTarget | None = None
+
+
 class InputSchema(BaseModel):
     """What a model accepts: rows of ``features`` numbers."""
 
@@ -63,8 +112,16 @@ class ModelPolicy(BaseModel):
     realtime: EndpointTarget | None = None
     serverless: EndpointTarget | None = None
     async_enabled: bool = False
+    max_async_bytes: Annotated[int, Field(ge=1, le=1024 * MiB)] = 1024 * MiB
     allowed_tenants: list[str] = Field(default_factory=lambda: ["*"])
     input: InputSchema | None = None
+    rate_limit: RateLimitSpec | None = None  # per tenant, on this model
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None  # in flight, per gateway instance
+    limiter_failure_mode: Literal["open", "closed"] = "open"
+    variants: list[Variant] = Field(default_factory=list)
+    shadow: Variant | None = None
+    allow_variant_override: bool = False
+    aliases: dict[str, str] = Field(default_factory=dict)  # e.g. champion -> "3"
     revision: Annotated[int, Field(ge=0)] = 0
 
     def visible_to(self, tenant: str) -> bool:
@@ -130,6 +187,7 @@ class ApiKeyRecord:
     allowed_models: frozenset[str] | None = None
     created_at: str = ""
     revoked_at: str | None = None
+    last_used_at: str | None = None
 
     def principal(self) -> Principal:
         return Principal(
@@ -187,3 +245,4 @@ class InvocationOutcome:
     decision: RouteDecision
     model_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)

@@ -181,7 +181,7 @@ def _oip_payload(inputs: list[Any]) -> Payload:
     shape = tensor.get("shape")
     data = tensor.get("data")
     datatype = tensor.get("datatype")
-    if datatype not in _OIP_FLOAT_TYPES:
+    if not isinstance(datatype, str) or datatype not in _OIP_FLOAT_TYPES:
         raise SchemaMismatchError(f"OIP datatype {datatype!r} is not a numeric tensor type.")
     if (
         not isinstance(shape, list)
@@ -224,6 +224,13 @@ def _rows_payload(kind: str, rows: list[list[float]]) -> Payload:
 
 
 def _csv_rows(text: str) -> list[list[float]]:
+    try:
+        return _csv_records(text)
+    except csv.Error as exc:
+        raise MalformedRequestError(f"The CSV body cannot be read: {exc}.") from None
+
+
+def _csv_records(text: str) -> list[list[float]]:
     rows: list[list[float]] = []
     for number, record in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not record or all(not cell.strip() for cell in record):
@@ -253,7 +260,9 @@ def _csv_rows(text: str) -> list[list[float]]:
 
 def _ndjson_rows(text: str) -> list[list[float]]:
     rows: list[list[float]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a record: str.splitlines() would also split on U+2028 and friends,
+    # which JSON allows raw inside strings.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         value = _loads(line, f"Line {number}")
@@ -291,7 +300,7 @@ def _npy_header(body: bytes) -> Payload:
         descr, fortran, shape = header["descr"], header["fortran_order"], tuple(header["shape"])
     except Exception:
         raise MalformedRequestError("The .npy header cannot be read.") from None
-    if descr not in _NPY_DTYPES or fortran is not False:
+    if not isinstance(descr, str) or descr not in _NPY_DTYPES or fortran is not False:
         raise SchemaMismatchError(f"The .npy dtype {descr!r} (fortran={fortran}) is not supported.")
     if not all(isinstance(d, int) and d >= 0 for d in shape) or not shape:
         raise MalformedRequestError("The .npy shape is invalid.")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
+
+if TYPE_CHECKING:
+    from gateway.ratelimit import Grant, Limit
 
 
 class PolicyStore(Protocol):
@@ -12,13 +15,21 @@ class PolicyStore(Protocol):
 
     def list(self) -> list[ModelPolicy]: ...
 
-    def put(self, policy: ModelPolicy) -> ModelPolicy: ...
+    def put(self, policy: ModelPolicy) -> ModelPolicy:
+        """Store ``policy`` if the stored revision still equals ``policy.revision`` (0: must
+        not exist yet); returns it with the next revision, or raises ConflictError."""
+
+    def delete(self, model: str) -> None: ...
 
 
 class KeyStore(Protocol):
     def get(self, key_digest: str) -> ApiKeyRecord | None: ...
 
     def put(self, record: ApiKeyRecord) -> None: ...
+
+    def find(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    def list(self, tenant: str | None = None) -> list[ApiKeyRecord]: ...
 
 
 class EndpointInvoker(Protocol):
@@ -33,3 +44,17 @@ class EndpointInvoker(Protocol):
         accept: str,
         timeout_s: float,
     ) -> BackendReply: ...
+
+
+class LimitStore(Protocol):
+    """Shared token buckets. ``lease`` atomically takes up to ``want`` tokens from the
+    bucket of ``limit`` (creating it full) and reports what is left."""
+
+    def lease(self, limit: Limit, want: int, now: float) -> Grant: ...
+
+
+class UsageStore(Protocol):
+    def add(self, counts: dict[tuple[str, str, str], tuple[int, int]]) -> None:
+        """Add (requests, errors) to each (tenant, day, model) counter."""
+
+    def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]: ...

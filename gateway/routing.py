@@ -24,6 +24,10 @@ def sync_limit(policy: ModelPolicy) -> int:
 
 
 def decide(size: int, policy: ModelPolicy, hints: RequestHints) -> RouteDecision:
+    if policy.realtime is None and policy.serverless is None:
+        raise BackendUnavailableError(
+            f"Model '{policy.model}' has no synchronous backend.", retry_after_s=30
+        )
     limit = sync_limit(policy)
     if size > limit:
         raise PayloadTooLargeError(
@@ -34,8 +38,4 @@ def decide(size: int, policy: ModelPolicy, hints: RequestHints) -> RouteDecision
         )
     if policy.realtime is not None:
         return RouteDecision(Backend.REALTIME, "within-slo")
-    if policy.serverless is not None:
-        return RouteDecision(Backend.SERVERLESS, "realtime-absent")
-    raise BackendUnavailableError(
-        f"Model '{policy.model}' has no synchronous backend.", retry_after_s=30
-    )
+    return RouteDecision(Backend.SERVERLESS, "realtime-absent")

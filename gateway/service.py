@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 from gateway import payload, routing
+from gateway.admission import Admission, Ticket
 from gateway.auth import require_scope
-from gateway.errors import ModelNotFoundError
+from gateway.errors import GatewayError, ModelNotFoundError
 from gateway.models import (
     Backend,
     InvocationOutcome,
@@ -17,7 +18,8 @@ from gateway.models import (
     Principal,
     Scope,
 )
-from gateway.ports import EndpointInvoker, PolicyStore
+from gateway.ports import EndpointInvoker, PolicyStore, UsageStore
+from gateway.usage import UsageRecorder
 
 
 class CachedPolicyStore:
@@ -58,16 +60,27 @@ class CachedPolicyStore:
         self._all = None
         return stored
 
+    def delete(self, model: str) -> None:
+        self._inner.delete(model)
+        self._entries.pop(model, None)
+        self._all = None
+
 
 class Gateway:
     def __init__(
         self,
         policies: PolicyStore,
         invoker: EndpointInvoker,
+        admission: Admission | None = None,
+        usage: UsageRecorder | None = None,
+        usage_store: UsageStore | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._policies = policies
         self._invoker = invoker
+        self._admission = admission
+        self._usage = usage
+        self._usage_store = usage_store
         self._clock = clock
 
     def list_models(self, principal: Principal) -> list[ModelSummary]:
@@ -80,10 +93,42 @@ class Gateway:
     def get_model(self, principal: Principal, model: str) -> ModelSummary:
         return ModelSummary.of(self._policy_for(principal, model))
 
+    def usage(
+        self, principal: Principal, tenant: str | None = None, since_day: str | None = None
+    ) -> list[dict[str, object]]:
+        """A tenant's usage per day and model. Only admins may name another tenant."""
+        if tenant is not None and tenant != principal.tenant:
+            require_scope(principal, Scope.ADMIN)
+        if self._usage_store is None:
+            return []
+        if self._usage is not None:
+            self._usage.flush()  # what this instance counted so far is part of the answer
+        return self._usage_store.query(tenant or principal.tenant, since_day)
+
     def invoke(self, principal: Principal, request: InvocationRequest) -> InvocationOutcome:
         started = self._clock()
         require_scope(principal, Scope.INVOKE)
         policy = self._policy_for(principal, request.model)
+        ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
+        limited = self._clock()
+        ok = False
+        try:
+            outcome = self._dispatch(policy, request, limited)
+            ok = True
+        except GatewayError as error:
+            error.headers = {**ticket.headers, **error.headers}
+            raise
+        finally:
+            ticket.release()
+            if self._usage is not None:
+                self._usage.record(principal.tenant, policy.model, ok)
+        outcome.headers.update(ticket.headers)
+        outcome.timings_ms = {"limit": (limited - started) * 1000, **outcome.timings_ms}
+        return outcome
+
+    def _dispatch(
+        self, policy: ModelPolicy, request: InvocationRequest, started: float
+    ) -> InvocationOutcome:
         decision = routing.decide(len(request.body), policy, request.hints)
         decoded = payload.decode(request.body, request.content_type)
         payload.check_schema(decoded, policy.input)

@@ -9,12 +9,20 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
 
+from infergw import policy_cli
 from infergw.client import Client, ProblemError
 
+# A handwritten zero from scikit-learn's digits (8x8 pixels, 0-16), for the sample curl.
+SAMPLE_ZERO = [
+    0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0,
+    0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0,
+    0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0,
+]  # fmt: skip
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -80,82 +88,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     with console.status("starting the local stack..."):
         conn = stack.start()
     try:
-        sample = json.dumps(
-            {
-                "inputs": [
-                    [
-                        0,
-                        0,
-                        5,
-                        13,
-                        9,
-                        1,
-                        0,
-                        0,
-                        0,
-                        0,
-                        13,
-                        15,
-                        10,
-                        15,
-                        5,
-                        0,
-                        0,
-                        3,
-                        15,
-                        2,
-                        0,
-                        11,
-                        8,
-                        0,
-                        0,
-                        4,
-                        12,
-                        0,
-                        0,
-                        8,
-                        8,
-                        0,
-                        0,
-                        5,
-                        8,
-                        0,
-                        0,
-                        9,
-                        8,
-                        0,
-                        0,
-                        4,
-                        11,
-                        0,
-                        1,
-                        12,
-                        7,
-                        0,
-                        0,
-                        2,
-                        14,
-                        5,
-                        10,
-                        12,
-                        0,
-                        0,
-                        0,
-                        0,
-                        6,
-                        13,
-                        10,
-                        0,
-                        0,
-                        0,
-                    ]
-                ]
-            }
+        sample = json.dumps({"inputs": [SAMPLE_ZERO]})
+        others = "".join(
+            f"              {key}  (tenant {tenant})\n"
+            for tenant, key in conn.keys.items()
+            if key != conn.api_key
         )
         console.print(
             Panel.fit(
                 f"gateway       {conn.gateway_url}\n"
-                f"API key       {conn.api_key}\n"
+                f"API key       {conn.api_key}  (operator, admin scope)\n"
+                f"{others}"
                 f"AWS endpoint  {conn.aws_endpoint_url}  (region {conn.region})\n"
                 f"connection    {config.state_dir / 'local.json'}",
                 title="infergw local stack is up",
@@ -233,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["list", "build"], nargs="?", default="list")
     models.add_argument("--out", default=".infergw/models")
     models.set_defaults(func=cmd_models)
+
+    def with_client(command: Any) -> Any:
+        def run(args: argparse.Namespace) -> int:
+            with _client(args) as client:
+                return int(command(args, client))
+
+        return run
+
+    policy_cli.add_parsers(sub, with_client)
     return parser
 
 
@@ -246,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{exc.problem.get('detail', '')}"
         )
         return 1
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         return 1
 

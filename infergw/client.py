@@ -108,6 +108,65 @@ class Client:
         result: dict[str, Any] = _parse(self._http.get(f"/v1/models/{name}"))
         return result
 
+    def usage(self, tenant: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since else {}
+        if tenant:
+            result: list[dict[str, Any]] = _parse(
+                self._http.get("/admin/usage", params={"tenant": tenant, **params})
+            )
+        else:
+            result = _parse(self._http.get("/v1/usage", params=params))
+        return result
+
+    # -- administration (admin scope) -------------------------------------------------------
+    def policies(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = _parse(self._http.get("/admin/policies"))
+        return result
+
+    def policy(self, model: str) -> dict[str, Any] | None:
+        """The stored policy, or None when there is none."""
+        response = self._http.get(f"/admin/policies/{model}")
+        if response.status_code == 404:
+            return None
+        result: dict[str, Any] = _parse(response)
+        return result
+
+    def put_policy(self, model: str, document: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = _parse(self._http.put(f"/admin/policies/{model}", json=document))
+        return result
+
+    def delete_policy(self, model: str) -> None:
+        _parse(self._http.delete(f"/admin/policies/{model}"))
+
+    def create_key(
+        self,
+        tenant: str,
+        scopes: list[str],
+        tier: str = "standard",
+        allowed_models: list[str] | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = _parse(
+            self._http.post(
+                "/admin/keys",
+                json={
+                    "tenant": tenant,
+                    "scopes": scopes,
+                    "tier": tier,
+                    "allowed_models": allowed_models,
+                },
+            )
+        )
+        return result
+
+    def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        params = {"tenant": tenant} if tenant else {}
+        result: list[dict[str, Any]] = _parse(self._http.get("/admin/keys", params=params))
+        return result
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = _parse(self._http.delete(f"/admin/keys/{key_id}"))
+        return result
+
 
 def _parse(response: httpx.Response) -> Any:
     if response.status_code >= 400:
@@ -116,6 +175,8 @@ def _parse(response: httpx.Response) -> Any:
         except ValueError:
             problem = {"title": response.reason_phrase, "detail": response.text[:500]}
         raise ProblemError(response.status_code, problem)
+    if response.status_code == 204 or not response.content:
+        return None
     if response.headers.get("content-type", "").split(";")[0].endswith("json"):
         return response.json()
     return response.content

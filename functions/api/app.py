@@ -5,38 +5,35 @@ Parse, call the core, return: decisions live in ``gateway``, HTTP mapping of err
 
 from __future__ import annotations
 
-import base64
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from functions import bootstrap
 from functions.api import openapi
+from functions.api.admin_routes import router as admin_router
+from functions.api.context import headers as request_headers
+from functions.api.context import principal, raw_body
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
-from gateway.auth import principal_from_context
-from gateway.errors import GatewayError, MalformedRequestError, NotFoundError, all_problem_types
+from gateway.errors import (
+    GatewayError,
+    MalformedRequestError,
+    NotFoundError,
+    all_problem_types,
+)
 from gateway.hints import parse_hints
-from gateway.models import InvocationRequest, ModelSummary, Principal
+from gateway.models import InvocationRequest, ModelSummary
 
 logger = Logger(service="infergw-api")
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(path="/docs", title="infergw", version="1")
+app.include_router(admin_router)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/problems/{slug}"})
-
-
-def _principal() -> Principal:
-    authorizer = app.current_event.request_context.authorizer
-    return principal_from_context(authorizer.get_lambda if authorizer else None)
-
-
-def _raw_body() -> bytes:
-    event = app.current_event
-    body = event.body or ""
-    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
 
 
 @app.get("/healthz", summary="Liveness of the API function")
@@ -59,12 +56,12 @@ def problem_type(slug: str) -> dict[str, Any]:
 
 @app.get("/v1/models", summary="Models the caller may use")
 def list_models() -> list[ModelSummary]:
-    return bootstrap.gateway().list_models(_principal())
+    return bootstrap.gateway().list_models(principal(app.current_event))
 
 
 @app.get("/v1/models/<model>", summary="One model and its policy summary")
 def get_model(model: str) -> ModelSummary:
-    return bootstrap.gateway().get_model(_principal(), model)
+    return bootstrap.gateway().get_model(principal(app.current_event), model)
 
 
 @app.post(
@@ -75,29 +72,39 @@ def get_model(model: str) -> ModelSummary:
         "or .npy) on the backend the router picks; `X-Inference-Route` says which and why."
     ),
 )
-def invoke(model: str) -> Response[Any]:
+# No return annotation on purpose: powertools validates annotated responses, and its
+# encoder would decode a binary model output as text.
+def invoke(model: str):  # type: ignore[no-untyped-def]
     event = app.current_event
-    headers = {k.lower(): v for k, v in (event.headers or {}).items()}
+    headers = request_headers(event)
     request = InvocationRequest(
         model=model,
-        body=_raw_body(),
+        body=raw_body(event),
         content_type=headers.get("content-type", "application/json"),
         accept=headers.get("accept") or "application/json",
         hints=parse_hints(headers),
     )
-    outcome = bootstrap.gateway().invoke(_principal(), request)
+    outcome = bootstrap.gateway().invoke(principal(event), request)
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
     return Response(
         status_code=outcome.status,
         content_type=outcome.content_type,
         body=outcome.body.decode() if outcome.content_type.endswith("json") else outcome.body,
         headers={
+            **outcome.headers,
             "X-Inference-Route": outcome.decision.header(),
             "X-Model-Variant": outcome.decision.variant,
             "X-Model-Version": outcome.model_version,
             "Server-Timing": timing,
         },
     )
+
+
+@app.get("/v1/usage", summary="The caller's usage per day and model")
+def usage(
+    since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
+) -> list[dict[str, Any]]:
+    return bootstrap.gateway().usage(principal(app.current_event), None, since)
 
 
 def _problem(error: GatewayError) -> Response[str]:

@@ -94,12 +94,88 @@ def _policy(item: dict[str, Any]) -> ModelPolicy:
         raise DependencyUnavailableError(f"The stored policy of '{model}' is invalid.") from exc
 
 
+class DynamoDBUsageStore(_Table):
+    """One item per tenant, day and model; counters only ever ADDed, so concurrent
+    flushes from many gateway instances never lose a count."""
+
+    def add(self, counts: dict[tuple[str, str, str], tuple[int, int]]) -> None:
+        for (tenant, day, model), (requests, errors) in counts.items():
+            self._call(
+                "update_item",
+                Key={"tenant": {"S": tenant}, "day_model": {"S": f"{day}#{model}"}},
+                UpdateExpression="ADD requests :r, errors :e",
+                ExpressionAttributeValues={":r": {"N": str(requests)}, ":e": {"N": str(errors)}},
+            )
+
+    def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]:
+        condition = "tenant = :t"
+        values: dict[str, Any] = {":t": {"S": tenant}}
+        if since_day:
+            condition += " AND day_model >= :d"
+            values[":d"] = {"S": since_day}
+        rows: list[dict[str, object]] = []
+        start: dict[str, Any] | None = None
+        while True:
+            page = self._call(
+                "query",
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                **({"ExclusiveStartKey": start} if start else {}),
+            )
+            for item in page.get("Items", []):
+                day, _, model = item["day_model"]["S"].partition("#")
+                rows.append(
+                    {
+                        "tenant": tenant,
+                        "day": day,
+                        "model": model,
+                        "requests": int(item.get("requests", {}).get("N", 0)),
+                        "errors": int(item.get("errors", {}).get("N", 0)),
+                    }
+                )
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return rows
+
+
 class DynamoDBKeyStore(_Table):
     def get(self, key_digest: str) -> ApiKeyRecord | None:
         item = self._call(
             "get_item", Key={"key_digest": {"S": key_digest}}, ConsistentRead=True
         ).get("Item")
         return None if item is None else _key(item)
+
+    def find(self, key_id: str) -> ApiKeyRecord | None:
+        items = self._call(
+            "query",
+            IndexName="by-key-id",
+            KeyConditionExpression="key_id = :k",
+            ExpressionAttributeValues={":k": {"S": key_id}},
+        ).get("Items", [])
+        if not items:
+            return None
+        # The index may lag; read the item itself for the current revocation state.
+        return self.get(items[0]["key_digest"]["S"])
+
+    def list(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        records = [_key(item) for item in self._scan()]
+        return [r for r in records if tenant is None or r.tenant == tenant]
+
+    def touch(self, key_id: str, when: str) -> None:
+        """Record when a key was last used (best effort, batched by the caller)."""
+        items = self._call(
+            "query",
+            IndexName="by-key-id",
+            KeyConditionExpression="key_id = :k",
+            ExpressionAttributeValues={":k": {"S": key_id}},
+        ).get("Items", [])
+        for item in items:
+            self._call(
+                "update_item",
+                Key={"key_digest": item["key_digest"]},
+                UpdateExpression="SET last_used_at = :w",
+                ExpressionAttributeValues={":w": {"S": when}},
+            )
 
     def put(self, record: ApiKeyRecord) -> None:
         doc = {
@@ -126,6 +202,7 @@ class DynamoDBKeyStore(_Table):
 
 def _key(item: dict[str, Any]) -> ApiKeyRecord:
     doc = json.loads(item["doc"]["S"])
+    doc["last_used_at"] = item.get("last_used_at", {}).get("S")
     models = doc.get("allowed_models")
     return ApiKeyRecord(
         key_digest=item["key_digest"]["S"],
@@ -136,4 +213,5 @@ def _key(item: dict[str, Any]) -> ApiKeyRecord:
         allowed_models=None if models is None else frozenset(models),
         created_at=doc.get("created_at", ""),
         revoked_at=doc.get("revoked_at"),
+        last_used_at=doc.get("last_used_at"),
     )

@@ -7,6 +7,7 @@ import argparse
 
 import uvicorn
 
+from functions import bootstrap
 from functions.api.app import PUBLIC_PATHS
 from functions.api.app import handler as api_handler
 from functions.authorizer.app import handler as authorizer_handler
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--authorizer-ttl", type=float, default=30.0)
     args = parser.parse_args(argv)
     app = LocalHttpApi(api_handler, authorizer_handler, PUBLIC_PATHS, args.authorizer_ttl)
+    # A key revoked through this process stops working here at once, not after the TTL.
+    bootstrap.on_revoke(lambda _digest: app.forget_verdicts())
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore
-from gateway.auth import digest_key, key_id_of, new_api_key
-from gateway.models import ApiKeyRecord, ModelPolicy
+from gateway.admin import KeyAdmin
+from gateway.models import ModelPolicy
 
 
 @dataclass(frozen=True)
@@ -19,6 +18,7 @@ class StackOutputs:
     policies_table: str
     keys_table: str
     limits_table: str
+    usage_table: str
     jobs_table: str
     bucket: str
     jobs_queue_url: str
@@ -32,6 +32,7 @@ class StackOutputs:
             "INFERGW_POLICIES_TABLE": self.policies_table,
             "INFERGW_KEYS_TABLE": self.keys_table,
             "INFERGW_LIMITS_TABLE": self.limits_table,
+            "INFERGW_USAGE_TABLE": self.usage_table,
             "INFERGW_JOBS_TABLE": self.jobs_table,
             "INFERGW_BUCKET": self.bucket,
             "INFERGW_JOBS_QUEUE_URL": self.jobs_queue_url,
@@ -42,6 +43,7 @@ _OUTPUT_FIELDS = {
     "PoliciesTableName": "policies_table",
     "KeysTableName": "keys_table",
     "LimitsTableName": "limits_table",
+    "UsageTableName": "usage_table",
     "JobsTableName": "jobs_table",
     "ArtifactsBucketName": "bucket",
     "JobsQueueUrl": "jobs_queue_url",
@@ -101,25 +103,11 @@ def put_policies(store: DynamoDBPolicyStore, docs: list[dict[str, Any]]) -> list
     return stored
 
 
-def create_key(
-    store: DynamoDBKeyStore,
-    tenant: str,
-    scopes: list[str],
-    environment: str = "test",
-    tier: str = "standard",
-    allowed_models: list[str] | None = None,
-) -> tuple[str, ApiKeyRecord]:
-    """A new key: the plaintext is returned once, only its digest is stored."""
-    key = new_api_key(environment)
-    digest = digest_key(key)
-    record = ApiKeyRecord(
-        key_digest=digest,
-        key_id=key_id_of(digest),
-        tenant=tenant,
-        scopes=frozenset(scopes),
-        tier=tier,
-        allowed_models=None if allowed_models is None else frozenset(allowed_models),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    store.put(record)
-    return key, record
+def create_keys(store: DynamoDBKeyStore, tenants: list[dict[str, Any]]) -> dict[str, str]:
+    """One new key per tenant entry; the plaintexts are returned once, by tenant."""
+    admin = KeyAdmin(store)
+    keys = {}
+    for spec in tenants:
+        key, _ = admin.create(spec["tenant"], spec["scopes"], spec.get("tier", "standard"))
+        keys[spec["tenant"]] = key
+    return keys

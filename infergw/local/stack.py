@@ -39,12 +39,14 @@ class StackConfig:
     stage: str = "local"
     demo: Path = DEMO
     authorizer_ttl_s: float = 30.0
+    policy_cache_ttl_s: float = 10.0
 
 
 @dataclass(frozen=True)
 class Connection:
     gateway_url: str
     api_key: str
+    keys: dict[str, str]  # API key by tenant
     aws_endpoint_url: str
     sagemaker_runtime_url: str
     region: str
@@ -62,6 +64,7 @@ class LocalStack:
         self._report = report
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.connection: Connection | None = None
+        self.env: dict[str, str] = {}  # what the stack's services run with
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Connection:
@@ -94,7 +97,10 @@ class LocalStack:
                 **self._base_env(),
                 **outputs.environment(),
                 "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": runtime_url,
+                "INFERGW_POLICY_CACHE_TTL_S": str(cfg.policy_cache_ttl_s),
+                "INFERGW_KEY_CACHE_TTL_S": str(cfg.authorizer_ttl_s),
             }
+            self.env = env
             endpoints = [
                 {
                     **e,
@@ -125,12 +131,10 @@ class LocalStack:
             provision.put_policies(
                 DynamoDBPolicyStore(dynamodb, outputs.policies_table), demo["policies"]
             )
-            key_spec = demo["demo_key"]
-            api_key, _ = provision.create_key(
-                DynamoDBKeyStore(dynamodb, outputs.keys_table),
-                key_spec["tenant"],
-                key_spec["scopes"],
+            keys = provision.create_keys(
+                DynamoDBKeyStore(dynamodb, outputs.keys_table), demo["tenants"]
             )
+            api_key = keys[demo["tenants"][0]["tenant"]]
             gateway = self._spawn(
                 "gateway",
                 [
@@ -152,6 +156,7 @@ class LocalStack:
         self.connection = Connection(
             gateway_url=gateway_url,
             api_key=api_key,
+            keys=keys,
             aws_endpoint_url=aws_url,
             sagemaker_runtime_url=runtime_url,
             region=REGION,

@@ -41,6 +41,13 @@ TEST_ADDITIONS: dict[str, Any] = {
             "realtime": {"endpoint_name": "digits-realtime"},
         },
         {
+            "model": "limited-digits",
+            "version": "1",
+            "input": {"features": 64},
+            "realtime": {"endpoint_name": "digits-realtime"},
+            "rate_limit": {"rate_per_s": 20, "burst": 20},
+        },
+        {
             "model": "tenant-b-only",
             "version": "1",
             "allowed_tenants": ["tenant-b"],
@@ -66,6 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         stack_name="infergw-test",
         demo=demo_file,
         authorizer_ttl_s=1.0,
+        policy_cache_ttl_s=1.0,
     )
     with LocalStack(config, report=lambda _: None) as running:
         yield running
@@ -91,6 +99,17 @@ def http(conn: Connection) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=conn.gateway_url,
         headers={"Authorization": f"Bearer {conn.api_key}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def acme(conn: Connection) -> Iterator[httpx.Client]:
+    """The free-tier customer tenant's client."""
+    with httpx.Client(
+        base_url=conn.gateway_url,
+        headers={"Authorization": f"Bearer {conn.keys['acme']}"},
         timeout=30,
     ) as client:
         yield client

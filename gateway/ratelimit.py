@@ -1,0 +1,177 @@
+"""Distributed rate limits and quotas without a store round trip per request.
+
+Each shared limit is a token bucket held in the limit store (DynamoDB). A gateway process
+does not ask the store on every request: it *leases* a small batch of tokens with one
+conditional write and admits requests from that batch locally, refilling it in the
+background before it runs out.
+
+Bound (stated and tested): leased tokens are taken from the shared bucket when leased, so
+the total admitted by all processes over any interval of length T is at most
+``burst + rate * T + instances * batch``: the bucket's own allowance plus tokens leased
+before the interval and spent inside it. Unspent leases are dropped after ``lease_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gateway.errors import DependencyUnavailableError
+from gateway.ports import LimitStore
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    tokens: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One token bucket: ``rate`` tokens a second up to ``burst``; rate 0 makes a quota."""
+
+    name: str  # what the client sees in RateLimit-Policy: "key", "tenant", "model", "daily"
+    key: str  # the bucket's key in the store
+    rate: float
+    burst: int
+    window_s: int  # advertised window: burst / rate, or the quota period
+    expires_at: float | None = None  # quota buckets end with their period
+
+
+def take(
+    state: BucketState | None, now: float, rate: float, burst: int, want: int
+) -> tuple[int, BucketState]:
+    """Pure token-bucket step: refill for the time elapsed, grant up to ``want``."""
+    if state is None:
+        tokens = float(burst)
+    else:
+        elapsed = max(0.0, now - state.updated)  # a clock running backwards refills nothing
+        tokens = min(float(burst), state.tokens + elapsed * rate)
+    granted = max(0, min(want, math.floor(tokens)))
+    return granted, BucketState(tokens - granted, now if state is None else max(now, state.updated))
+
+
+def seconds_until(tokens: float, rate: float, need: float = 1.0) -> float:
+    """How long until the bucket holds ``need`` tokens (inf for an exhausted quota)."""
+    if tokens >= need:
+        return 0.0
+    return math.inf if rate <= 0 else (need - tokens) / rate
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    granted: int
+    remaining: float  # tokens left in the shared bucket after this grant
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    limit: Limit
+    remaining: int
+    retry_after_s: float = 0.0
+
+
+class _Local:
+    """A process's lease on one bucket."""
+
+    __slots__ = ("blocked_until", "expires", "lock", "refilling", "remote_remaining", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.expires = 0.0
+        self.remote_remaining = 0.0
+        self.blocked_until = 0.0
+        self.refilling = False
+        self.lock = threading.Lock()
+
+
+class LeasedLimiter:
+    def __init__(
+        self,
+        store: LimitStore,
+        clock: Callable[[], float] = time.time,
+        lease_s: float = 0.2,
+        lease_ttl_s: float = 2.0,
+        max_batch: int = 100,
+        executor: Executor | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._lease_s = lease_s
+        self._lease_ttl = lease_ttl_s
+        self._max_batch = max_batch
+        self._executor = executor or ThreadPoolExecutor(2, thread_name_prefix="limiter")
+        self._local: dict[str, _Local] = {}
+        self.store_calls = 0
+
+    def batch(self, limit: Limit) -> int:
+        """Tokens per lease: what the limit spends in ``lease_s``, within [1, max_batch],
+        and a small share of the burst so one process cannot hoard a small bucket."""
+        by_rate = limit.rate * self._lease_s if limit.rate > 0 else limit.burst / 100
+        return max(1, min(self._max_batch, math.ceil(by_rate), max(1, limit.burst // 4)))
+
+    def acquire(self, limit: Limit) -> Verdict:
+        """Admit one request against ``limit``. Raises DependencyUnavailableError when the
+        store cannot be reached and no local lease remains."""
+        now = self._clock()
+        local = self._local.get(limit.key)
+        if local is None:
+            local = self._local.setdefault(limit.key, _Local())
+        with local.lock:
+            if local.tokens > 0 and local.expires <= now:
+                local.tokens = 0  # an old lease is dropped, which keeps the bound above
+            if local.tokens == 0:
+                if local.blocked_until > now:
+                    return self._deny(limit, local, local.blocked_until - now)
+                self._lease(limit, local, now)
+                if local.tokens == 0:
+                    return self._deny(limit, local, local.blocked_until - now)
+            local.tokens -= 1
+            remaining = local.tokens + math.floor(local.remote_remaining)
+            low = local.tokens <= self.batch(limit) // 2
+            if low and not local.refilling and local.blocked_until <= now:
+                local.refilling = True
+                self._executor.submit(self._refill, limit, local)
+            return Verdict(True, limit, remaining)
+
+    def _deny(self, limit: Limit, local: _Local, wait: float) -> Verdict:
+        return Verdict(False, limit, 0, retry_after_s=wait)
+
+    def _lease(self, limit: Limit, local: _Local, now: float) -> None:
+        self.store_calls += 1
+        self._apply(limit, local, self._store.lease(limit, self.batch(limit), now), now)
+
+    def _apply(self, limit: Limit, local: _Local, grant: Grant, now: float) -> None:
+        local.tokens += grant.granted
+        local.remote_remaining = grant.remaining
+        local.expires = now + self._lease_ttl
+        want = self.batch(limit)
+        if grant.granted < want:
+            # The shared bucket is nearly dry. Coming back for every token it refills
+            # would cost a store call per request; wait until a whole batch has refilled
+            # (at most lease_s), spending what was granted meanwhile.
+            wait = seconds_until(grant.remaining, limit.rate, need=want - grant.granted)
+            if grant.granted == 0:
+                wait = seconds_until(grant.remaining, limit.rate)
+            if limit.expires_at is not None:
+                wait = min(wait, max(1.0, limit.expires_at - now))
+            local.blocked_until = now + min(wait, 366 * 86_400.0)
+
+    def _refill(self, limit: Limit, local: _Local) -> None:
+        # The store call happens outside the lock: requests keep spending the tokens left
+        # while the next batch is on its way.
+        try:
+            now = self._clock()
+            self.store_calls += 1
+            grant = self._store.lease(limit, self.batch(limit), now)
+        except DependencyUnavailableError:
+            return  # the request path will retry, and apply the failure mode if it must
+        finally:
+            local.refilling = False
+        with local.lock:
+            self._apply(limit, local, grant, now)
