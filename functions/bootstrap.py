@@ -11,13 +11,18 @@ from typing import TypeVar
 
 from gateway.adapters import aws
 from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore, DynamoDBUsageStore
+from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
 from gateway.adapters.dynamodb_limits import DynamoDBLimitStore
 from gateway.adapters.jwks import HttpJwksSource
+from gateway.adapters.oip import HttpOipInvoker
+from gateway.adapters.s3 import S3PayloadStore
 from gateway.adapters.sagemaker import SageMakerRuntimeInvoker
 from gateway.admin import KeyAdmin, PolicyAdmin
 from gateway.admission import Admission
 from gateway.auth import ApiKeyAuthenticator
 from gateway.authn import CredentialAuthenticator
+from gateway.dispatch import InvokerByProtocol
+from gateway.jobs import JobService
 from gateway.jwt_auth import JwksCache, JwtAuthenticator, JwtSettings
 from gateway.ratelimit import LeasedLimiter
 from gateway.service import CachedPolicyStore, Gateway
@@ -33,6 +38,7 @@ class Services:
     authenticator: CredentialAuthenticator | None = None
     policy_admin: PolicyAdmin | None = None
     key_admin: KeyAdmin | None = None
+    admission: Admission | None = None
     revocation_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
 
@@ -133,10 +139,23 @@ def build(config: Settings) -> Services:
         else None
     )
     usage_store = DynamoDBUsageStore(dynamodb, config.usage_table) if config.usage_table else None
-    invoker = SageMakerRuntimeInvoker(
-        lambda timeout_s: aws.client(
-            "sagemaker-runtime", read_timeout=timeout_s, retries={"max_attempts": 1}
+    invoker = InvokerByProtocol(
+        {
+            "sagemaker": SageMakerRuntimeInvoker(
+                lambda timeout_s: aws.client(
+                    "sagemaker-runtime", read_timeout=timeout_s, retries={"max_attempts": 1}
+                )
+            ),
+            "oip-v2": HttpOipInvoker(),
+        }
+    )
+    jobs = (
+        JobService(
+            DynamoDBJobStore(dynamodb, config.jobs_table),
+            S3PayloadStore(aws.client("s3"), config.bucket),
         )
+        if config.jobs_table and config.bucket
+        else None
     )
     gateway = Gateway(
         policy_store,
@@ -144,6 +163,7 @@ def build(config: Settings) -> Services:
         admission=admission,
         usage=UsageRecorder(usage_store) if usage_store else None,
         usage_store=usage_store,
+        jobs=jobs,
     )
     authenticator = CredentialAuthenticator(api_keys, _tokens(config))
     listeners: list[Callable[[str], None]] = [authenticator.forget]
@@ -157,5 +177,6 @@ def build(config: Settings) -> Services:
         authenticator=authenticator,
         policy_admin=PolicyAdmin(policy_store),
         key_admin=KeyAdmin(keys, on_revoke=revoked),
+        admission=admission,
         revocation_listeners=listeners,
     )

@@ -21,6 +21,7 @@ def parse_hints(headers: Mapping[str, str]) -> RequestHints:
         latency_budget_ms=_budget(headers.get("x-latency-budget-ms")),
         idempotency_key=_token(headers.get("idempotency-key"), _IDEMPOTENCY_KEY, "Idempotency-Key"),
         target_variant=_token(headers.get("x-target-variant"), _VARIANT, "X-Target-Variant"),
+        sticky_key=_token(headers.get("x-session-id"), _IDEMPOTENCY_KEY, "X-Session-Id"),
     )
 
 

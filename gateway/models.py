@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MiB = 1024 * 1024
 # Hard ceilings of the managed services; a policy may only set lower limits.
@@ -35,9 +35,22 @@ class EndpointTarget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint_name: Annotated[str, Field(min_length=1, max_length=63)]
-    protocol: Literal["sagemaker"] = "sagemaker"
-    capacity: Annotated[int, Field(ge=1, le=10_000)] = 8
-    expected_latency_ms: Annotated[float, Field(gt=0)] = 50.0
+    protocol: Literal["sagemaker", "oip-v2"] = "sagemaker"
+    url: str | None = None  # base URL of an OIP v2 model server (protocol oip-v2)
+    oip_model: str | None = None  # the model's name on that server (default: endpoint_name)
+    capacity: Annotated[int, Field(ge=1, le=10_000)] = 8  # in flight before it is saturated
+    expected_latency_ms: Annotated[float, Field(gt=0)] = 50.0  # until measured
+    # Serverless: idle longer than this and the next call pays cold_start_ms.
+    idle_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    cold_start_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _oip_needs_url(self) -> EndpointTarget:
+        if self.protocol == "oip-v2" and not self.url:
+            raise ValueError("an oip-v2 endpoint needs a url")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be http(s)")
+        return self
 
 
 class RateLimitSpec(BaseModel):
@@ -207,6 +220,7 @@ class RequestHints:
     latency_budget_ms: int | None = None
     idempotency_key: str | None = None
     target_variant: str | None = None
+    sticky_key: str | None = None  # X-Session-Id: keeps a caller on one variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +249,7 @@ class BackendReply:
     body: bytes
     content_type: str
     variant: str | None = None
+    cold_start_ms: float | None = None  # the backend started an instance for this call
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
 
 if TYPE_CHECKING:
+    from gateway.jobs import Job, JobStatus
     from gateway.ratelimit import Grant, Limit
 
 
@@ -58,3 +59,32 @@ class UsageStore(Protocol):
         """Add (requests, errors) to each (tenant, day, model) counter."""
 
     def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]: ...
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> None:
+        """Store a new job; ConflictError if the id exists."""
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def transition(self, job: Job, to: JobStatus, **updates: object) -> Job | None:
+        """Move ``job`` to ``to`` only if the stored job is still in ``job.status`` (and,
+        for a leased job, still under ``job.lease_owner``); returns the stored job, or None
+        when the condition failed."""
+
+    def update(self, job: Job, **updates: object) -> Job | None:
+        """Change fields of a job still in its status under the same lease."""
+
+    def list_for_tenant(self, tenant: str, limit: int) -> list[Job]: ...
+
+    def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None: ...
+
+
+class PayloadStore(Protocol):
+    def put(self, key: str, body: bytes, content_type: str) -> None: ...
+
+    def presign_upload(
+        self, key: str, max_bytes: int, content_type: str, expires_s: int
+    ) -> dict[str, object]: ...
+
+    def presign_download(self, key: str, expires_s: int) -> str: ...

@@ -7,8 +7,10 @@ background before it runs out.
 
 Bound (stated and tested): leased tokens are taken from the shared bucket when leased, so
 the total admitted by all processes over any interval of length T is at most
-``burst + rate * T + instances * batch``: the bucket's own allowance plus tokens leased
-before the interval and spent inside it. Unspent leases are dropped after ``lease_ttl_s``.
+``burst + rate * T + 2 * instances * batch``: the bucket's own allowance plus what the
+processes held when the interval began. A process holds at most two batches: the one it
+is spending and a refill requested at half a batch, or a synchronous lease taken while that
+refill was still on its way. Unspent leases are dropped after ``lease_ttl_s``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def take(
     else:
         elapsed = max(0.0, now - state.updated)  # a clock running backwards refills nothing
         tokens = min(float(burst), state.tokens + elapsed * rate)
-    granted = max(0, min(want, math.floor(tokens)))
+    # A hair of tolerance: a caller that waited exactly the advertised time must find the
+    # token there, not 0.99999999999994 of it.
+    granted = max(0, min(want, math.floor(tokens + 1e-9)))
     return granted, BucketState(tokens - granted, now if state is None else max(now, state.updated))
 
 

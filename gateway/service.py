@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 from gateway import payload, routing
 from gateway.admission import Admission, Ticket
 from gateway.auth import require_scope
-from gateway.errors import GatewayError, ModelNotFoundError
+from gateway.dispatch import Dispatcher
+from gateway.errors import BackendUnavailableError, GatewayError, ModelNotFoundError
+from gateway.jobs import JobService
+from gateway.live import LiveState
 from gateway.models import (
     Backend,
     InvocationOutcome,
@@ -16,6 +20,7 @@ from gateway.models import (
     ModelPolicy,
     ModelSummary,
     Principal,
+    RouteDecision,
     Scope,
 )
 from gateway.ports import EndpointInvoker, PolicyStore, UsageStore
@@ -74,14 +79,20 @@ class Gateway:
         admission: Admission | None = None,
         usage: UsageRecorder | None = None,
         usage_store: UsageStore | None = None,
+        jobs: JobService | None = None,
+        live: LiveState | None = None,
+        dispatcher: Dispatcher | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._policies = policies
-        self._invoker = invoker
         self._admission = admission
         self._usage = usage
         self._usage_store = usage_store
+        self.jobs = jobs
+        self.live = live or LiveState()
+        self.dispatcher = dispatcher or Dispatcher(invoker, self.live)
         self._clock = clock
+        self.routes: dict[tuple[str, str], int] = {}  # (model, route) -> count
 
     def list_models(self, principal: Principal) -> list[ModelSummary]:
         return [
@@ -91,7 +102,7 @@ class Gateway:
         ]
 
     def get_model(self, principal: Principal, model: str) -> ModelSummary:
-        return ModelSummary.of(self._policy_for(principal, model))
+        return ModelSummary.of(self.policy_for(principal, model))
 
     def usage(
         self, principal: Principal, tenant: str | None = None, since_day: str | None = None
@@ -108,12 +119,12 @@ class Gateway:
     def invoke(self, principal: Principal, request: InvocationRequest) -> InvocationOutcome:
         started = self._clock()
         require_scope(principal, Scope.INVOKE)
-        policy = self._policy_for(principal, request.model)
+        policy = self.policy_for(principal, request.model)
         ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
         limited = self._clock()
         ok = False
         try:
-            outcome = self._dispatch(policy, request, limited)
+            outcome = self._route_and_call(principal, policy, request, started, limited)
             ok = True
         except GatewayError as error:
             error.headers = {**ticket.headers, **error.headers}
@@ -126,36 +137,136 @@ class Gateway:
         outcome.timings_ms = {"limit": (limited - started) * 1000, **outcome.timings_ms}
         return outcome
 
-    def _dispatch(
-        self, policy: ModelPolicy, request: InvocationRequest, started: float
+    def _route_and_call(
+        self,
+        principal: Principal,
+        policy: ModelPolicy,
+        request: InvocationRequest,
+        started: float,
+        limited: float,
     ) -> InvocationOutcome:
-        decision = routing.decide(len(request.body), policy, request.hints)
-        decoded = payload.decode(request.body, request.content_type)
-        payload.check_schema(decoded, policy.input)
+        hints = request.hints
+        variant = routing.pick_variant(
+            policy, hints.sticky_key or principal.key_id, hints.target_variant
+        )
+        targets = routing.targets_for(policy, variant)
+        budget_ms = float(policy.slo_ms)
+        if hints.latency_budget_ms is not None:
+            budget_ms = min(budget_ms, hints.latency_budget_ms)  # may only tighten
+        facts = routing.RequestFacts(len(request.body), budget_ms, hints.prefer_async)
+        views = {
+            backend: self.live.view(target)
+            for backend in routing.SYNC_ORDER
+            if (target := targets.of(backend)) is not None
+        }
+        steps = routing.plan(facts, policy, targets, views)
+        media = payload.media_type(request.content_type)
+        if steps[0].backend is not Backend.ASYNC:
+            # Reject bad input before it costs a backend call.
+            payload.check_schema(payload.decode(request.body, media), policy.input)
         routed = self._clock()
-        target = policy.realtime if decision.backend is Backend.REALTIME else policy.serverless
-        assert target is not None  # routing only picks configured backends
-        reply = self._invoker.invoke(
-            target,
+        timeout_ms = float(policy.timeout_ms)
+        if hints.latency_budget_ms is not None:
+            timeout_ms = min(timeout_ms, float(hints.latency_budget_ms))
+        now = self.live.now()
+        elapsed_s = routed - started
+        attempt = self.dispatcher.call_sync(
+            steps,
+            targets,
             request.body,
-            payload.media_type(request.content_type),
+            media,
             request.accept,
-            timeout_s=policy.timeout_ms / 1000,
+            deadline=now + timeout_ms / 1000 - elapsed_s,
+            budget_end=now + budget_ms / 1000 - elapsed_s,
         )
         finished = self._clock()
+        timings = {"route": (routed - limited) * 1000, "backend": (finished - routed) * 1000}
+        decision = attempt.decision
+        if decision.backend is Backend.ASYNC:
+            return self._enqueue(principal, policy, request, media, targets, decision, timings)
+        if attempt.error is not None or attempt.reply is None:
+            raise attempt.error or BackendUnavailableError(
+                f"No backend of '{policy.model}' answered in time.", retry_after_s=1
+            )
+        self._count(policy.model, decision.backend.value)
+        if attempt.reply.cold_start_ms is not None:
+            timings["cold-start"] = attempt.reply.cold_start_ms
+        if policy.shadow is not None:
+            # The shadow's own endpoints only: mirroring to the primary's proves nothing.
+            shadow = routing.Targets(
+                policy.shadow.name,
+                policy.shadow.version,
+                policy.shadow.realtime,
+                policy.shadow.serverless,
+            )
+            self.dispatcher.mirror(
+                policy.model,
+                shadow,
+                request.body,
+                media,
+                request.accept,
+                attempt.reply.body,
+                timeout_s=timeout_ms / 1000,
+            )
         return InvocationOutcome(
             status=200,
-            body=reply.body,
-            content_type=reply.content_type,
+            body=attempt.reply.body,
+            content_type=attempt.reply.content_type,
             decision=decision,
-            model_version=policy.version,
-            timings_ms={
-                "route": (routed - started) * 1000,
-                "backend": (finished - routed) * 1000,
-            },
+            model_version=targets.version,
+            timings_ms=timings,
         )
 
-    def _policy_for(self, principal: Principal, model: str) -> ModelPolicy:
+    def _enqueue(
+        self,
+        principal: Principal,
+        policy: ModelPolicy,
+        request: InvocationRequest,
+        media: str,
+        targets: routing.Targets,
+        decision: RouteDecision,
+        timings: dict[str, float],
+    ) -> InvocationOutcome:
+        if self.jobs is None:
+            raise BackendUnavailableError("The async backend is not configured.", retry_after_s=30)
+        require_scope(principal, Scope.JOBS)
+        job = self.jobs.submit_inline(
+            principal,
+            policy,
+            request.body,
+            media,
+            request.accept,
+            variant=targets.variant,
+            version=targets.version,
+            idempotency_key=request.hints.idempotency_key,
+        )
+        self._count(policy.model, Backend.ASYNC.value)
+        location = f"/v1/jobs/{job.job_id}"
+        body = json.dumps(
+            {
+                "job_id": job.job_id,
+                "status": job.status.value,
+                "status_url": location,
+                "model": job.model,
+            }
+        ).encode()
+        return InvocationOutcome(
+            status=202,
+            body=body,
+            content_type="application/json",
+            decision=decision,
+            model_version=targets.version,
+            timings_ms=timings,
+            headers={"Location": location, "Preference-Applied": "respond-async"}
+            if request.hints.prefer_async
+            else {"Location": location},
+        )
+
+    def _count(self, model: str, route: str) -> None:
+        key = (model, route)
+        self.routes[key] = self.routes.get(key, 0) + 1
+
+    def policy_for(self, principal: Principal, model: str) -> ModelPolicy:
         policy = self._policies.get(model)
         # Another tenant's model is indistinguishable from a missing one: 404, never 403.
         if (

@@ -47,3 +47,25 @@ def encode_json(outputs: dict[str, np.ndarray], *, model: str, version: str) -> 
         {"model": model, "version": version, "predictions": output_rows(outputs)},
         separators=(",", ":"),
     ).encode()
+
+
+_OIP_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}
+
+
+def encode_oip(outputs: dict[str, np.ndarray], *, model: str, version: str) -> bytes:
+    return json.dumps(
+        {
+            "model_name": model,
+            "model_version": version,
+            "outputs": [
+                {
+                    "name": name,
+                    "shape": list(value.shape),
+                    "datatype": _OIP_TYPES.get(str(value.dtype), "BYTES"),
+                    "data": value.ravel().tolist(),
+                }
+                for name, value in outputs.items()
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()

@@ -50,9 +50,30 @@ def create_app(model: OnnxModel) -> Starlette:
             media_type="application/json",
         )
 
+    async def oip_ready(_: Request) -> Response:
+        return JSONResponse({"name": info.name, "ready": True})
+
+    async def oip_infer(request: Request) -> Response:
+        """Open Inference Protocol v2, as KServe, Triton and MLServer speak it."""
+        if request.path_params["name"] != info.name:
+            return JSONResponse({"error": f"no model {request.path_params['name']}"}, 404)
+        try:
+            body = await request.body()
+            matrix = codecs.to_matrix(body, "application/json")
+            outputs = await anyio.to_thread.run_sync(model.predict, matrix)
+        except GatewayError as exc:
+            return JSONResponse({"error": exc.detail}, status_code=exc.status)
+        return Response(
+            codecs.encode_oip(outputs, model=info.name, version=info.version),
+            media_type="application/json",
+        )
+
     return Starlette(
         routes=[
             Route("/ping", ping, methods=["GET"]),
             Route("/invocations", invocations, methods=["POST"]),
+            Route("/v2/health/ready", oip_ready, methods=["GET"]),
+            Route("/v2/models/{name}/ready", oip_ready, methods=["GET"]),
+            Route("/v2/models/{name}/infer", oip_infer, methods=["POST"]),
         ]
     )

@@ -6,11 +6,14 @@ most importantly the optimistic concurrency of the DynamoDB policy store."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth import digest_key, key_id_of, new_api_key
-from gateway.errors import ConflictError
+from gateway.errors import ConflictError, DependencyUnavailableError
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
+from gateway.ratelimit import BucketState, Grant, Limit, take
 
 
 class InMemoryPolicyStore:
@@ -136,3 +139,128 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# --- Rate limits, usage and background work -------------------------------------------------
+
+
+class InMemoryLimitStore:
+    """``LimitStore`` on a dict of ``BucketState``, stepping each bucket with
+    ``gateway.ratelimit.take`` as ``DynamoDBLimitStore`` does when its conditional write wins
+    (and, like it, writing nothing when nothing is granted). Counts every ``lease`` call;
+    set ``unavailable`` to make calls raise ``DependencyUnavailableError``."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, BucketState] = {}
+        self.calls = 0
+        self.unavailable = False
+
+    def lease(self, limit: Limit, want: int, now: float) -> Grant:
+        self.calls += 1
+        if self.unavailable:
+            raise DependencyUnavailableError("The limit store is unavailable.", retry_after_s=1)
+        granted, new = take(self.buckets.get(limit.key), now, limit.rate, limit.burst, want)
+        if granted > 0:
+            self.buckets[limit.key] = new
+        return Grant(granted, new.tokens)
+
+
+class InMemoryUsageStore:
+    """``UsageStore`` in a dict. Like ``DynamoDBUsageStore`` it adds one counter at a time:
+    ``fail_after`` = n writes n counters of the next ``add`` and then fails; ``unavailable``
+    fails before writing anything."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.add_calls = 0
+        self.unavailable = False
+        self.fail_after: int | None = None
+
+    def add(self, counts: dict[tuple[str, str, str], tuple[int, int]]) -> None:
+        self.add_calls += 1
+        if self.unavailable:
+            raise DependencyUnavailableError("The usage store is unavailable.", retry_after_s=1)
+        for written, (key, (requests, errors)) in enumerate(counts.items()):
+            if self.fail_after is not None and written >= self.fail_after:
+                self.fail_after = None
+                raise DependencyUnavailableError("The usage store failed mid-batch.")
+            old_requests, old_errors = self.counts.get(key, (0, 0))
+            self.counts[key] = (old_requests + requests, old_errors + errors)
+
+    def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]:
+        rows = [
+            {"tenant": t, "day": day, "model": model, "requests": r, "errors": e}
+            for (t, day, model), (r, e) in self.counts.items()
+            if t == tenant and (not since_day or f"{day}#{model}" >= since_day)
+        ]
+        return sorted(rows, key=lambda row: f"{row['day']}#{row['model']}")
+
+
+class InlineExecutor(Executor):
+    """Runs each submitted call at once, in the caller's thread, and returns its completed
+    future. Not for ``LeasedLimiter``, which submits its refill while holding the bucket's
+    lock (the refill would wait for that lock forever): use ``DeferredExecutor`` there."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Future[Any]]
+
+
+class DeferredExecutor(Executor):
+    """Queues submitted calls until ``run_pending``, so a test decides when "background"
+    work happens (in the test's thread, in submission order)."""
+
+    def __init__(self) -> None:
+        self.pending: list[_Job] = []
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        future: Future[Any] = Future()
+        self.pending.append((fn, args, kwargs, future))
+        return future
+
+    def run_pending(self) -> int:
+        """Run everything queued, including what that submits; returns how many ran."""
+        ran = 0
+        while self.pending:
+            fn, args, kwargs, future = self.pending.pop(0)
+            ran += 1
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+        return ran
+
+
+class FakeKeyStore(InMemoryKeyStore):
+    """``InMemoryKeyStore`` with the admin side of ``KeyStore``: ``find`` by key id, ``list``."""
+
+    def find(self, key_id: str) -> ApiKeyRecord | None:
+        return next((r for r in self._records.values() if r.key_id == key_id), None)
+
+    def list(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        return [r for r in self._records.values() if tenant is None or r.tenant == tenant]
+
+
+class FakePolicyStore(InMemoryPolicyStore):
+    """``InMemoryPolicyStore`` that can also ``delete``, recording what it deleted."""
+
+    def __init__(self, policies: Iterable[ModelPolicy] = ()) -> None:
+        super().__init__(policies)
+        self.deleted: list[str] = []
+
+    def delete(self, model: str) -> None:
+        self.deleted.append(model)
+        self._policies.pop(model, None)

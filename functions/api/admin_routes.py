@@ -102,3 +102,23 @@ def admin_usage(
 ) -> list[dict[str, Any]]:
     caller = principal(_event(), Scope.ADMIN)
     return bootstrap.gateway().usage(caller, tenant, since)
+
+
+@router.get("/admin/stats", summary="This instance's live routing state")
+def stats() -> dict[str, Any]:
+    _admin()
+    gateway = bootstrap.gateway()
+    admission = bootstrap.services().admission
+    return {
+        "backends": gateway.live.snapshot(),
+        "routes": [
+            {"model": model, "route": route, "count": count}
+            for (model, route), count in sorted(gateway.routes.items())
+        ],
+        "fallbacks": gateway.dispatcher.fallbacks,
+        "shadow": {
+            model: {**vars(s), "agreement": s.agreement()}
+            for model, s in gateway.dispatcher.shadow.items()
+        },
+        "limiter": None if admission is None else vars(admission.stats),
+    }

@@ -18,6 +18,7 @@ from functions.api import openapi
 from functions.api.admin_routes import router as admin_router
 from functions.api.context import headers as request_headers
 from functions.api.context import principal, raw_body
+from functions.api.job_routes import router as job_router
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
 from gateway.errors import (
     GatewayError,
@@ -32,6 +33,7 @@ logger = Logger(service="infergw-api")
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(path="/docs", title="infergw", version="1")
 app.include_router(admin_router)
+app.include_router(job_router)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/problems/{slug}"})
 

@@ -65,10 +65,13 @@ class SageMakerRuntimeInvoker:
                 f"Endpoint '{target.endpoint_name}' failed: {type(exc).__name__}.",
                 retry_after_s=5,
             ) from exc
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        cold = headers.get("x-infergw-cold-start-ms")  # the local serverless emulator's
         return BackendReply(
             body=data,
             content_type=response.get("ContentType", "application/json"),
             variant=response.get("InvokedProductionVariant"),
+            cold_start_ms=float(cold) if cold else None,
         )
 
     def _client(self, timeout_s: float) -> Any:

@@ -65,6 +65,9 @@ class EndpointSpec:
     max_concurrency: int = 5
     idle_timeout_s: float = 60.0
     provisioned_concurrency: int = 0
+    # Realtime only: a dead instance is replaced after this long, as SageMaker replaces
+    # an unhealthy instance (the gap is when callers see the endpoint down).
+    replace_after_s: float = 3.0
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> EndpointSpec:
@@ -78,6 +81,7 @@ class EndpointSpec:
             max_concurrency=int(doc.get("max_concurrency", 5)),
             idle_timeout_s=float(doc.get("idle_timeout_s", 60.0)),
             provisioned_concurrency=int(doc.get("provisioned_concurrency", 0)),
+            replace_after_s=float(doc.get("replace_after_s", 3.0)),
         )
         if spec.kind == "serverless":
             if spec.max_concurrency < 1:
@@ -168,7 +172,28 @@ class RealtimeEndpoint:
 
     def pick(self) -> str:
         assert self._next is not None, "endpoint not started"
-        return next(self._next).url
+        for _ in range(len(self.instances)):
+            instance = next(self._next)
+            if instance.alive():
+                return instance.url
+        return self.instances[0].url  # all down: the call fails as on a dead instance
+
+    async def replace_dead(self, client: httpx.AsyncClient) -> list[int]:
+        """Start a new model server in place of each dead one; returns the new pids."""
+        started = []
+        for i, instance in enumerate(self.instances):
+            if instance.alive():
+                continue
+            fresh = _spawn_model_server(self.spec, _log_file(self._log_dir, self.spec, str(i)))
+            try:
+                await _wait_ready(client, fresh, timeout_s=60)
+            except ColdStartError:
+                processes.stop([fresh.proc])
+                raise
+            self.instances[i] = fresh
+            started.append(fresh.proc.pid)
+        self._next = itertools.cycle(self.instances)
+        return started
 
     def owned(self) -> list[Process]:
         return [i.proc for i in self.instances]
@@ -376,6 +401,30 @@ async def _scale_idle_to_zero(endpoints: list[ServerlessEndpoint]) -> None:
                 log.info("%s: idle, stopped pid %s", endpoint.spec.name, result)
 
 
+async def _replace_dead_instances(
+    endpoints: list[RealtimeEndpoint], client: httpx.AsyncClient
+) -> None:
+    """Background task: an instance found dead is replaced after its endpoint's delay."""
+    noticed: dict[str, float] = {}
+    while True:
+        await asyncio.sleep(0.25)  # a periodic health check, not a synchronisation
+        now = time.monotonic()
+        for endpoint in endpoints:
+            name = endpoint.spec.name
+            if all(i.alive() for i in endpoint.instances):
+                noticed.pop(name, None)
+                continue
+            first = noticed.setdefault(name, now)
+            if now - first < endpoint.spec.replace_after_s:
+                continue
+            try:
+                pids = await endpoint.replace_dead(client)
+                log.info("%s: replaced dead instance(s) with pid %s", name, pids)
+                noticed.pop(name, None)
+            except ColdStartError as exc:
+                log.error("%s: replacement failed: %s", name, exc)
+
+
 def _error(status: int, code: str, message: str, **members: Any) -> Response:
     # rest-json errors as botocore parses them: the code in x-amzn-ErrorType, the
     # modeled members (OriginalStatusCode, ...) in the body.
@@ -443,13 +492,16 @@ def create_app(specs: list[EndpointSpec], log_dir: Path | None = None) -> Starle
         async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
             state["client"] = client
             scaler = asyncio.create_task(_scale_idle_to_zero(serverless)) if serverless else None
+            realtime = [e for e in endpoints.values() if isinstance(e, RealtimeEndpoint)]
+            healer = asyncio.create_task(_replace_dead_instances(realtime, client))
             try:
                 yield
             finally:
-                if scaler is not None:
-                    scaler.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await scaler
+                for task in (scaler, healer):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 for endpoint in serverless:
                     await endpoint.cancel_start()
                 processes.stop(owned())

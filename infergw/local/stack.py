@@ -19,7 +19,7 @@ import yaml
 
 from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore
 from infergw.demo.models import build_all
-from infergw.local import processes, provision
+from infergw.local import processes, provision, wiring
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = PROJECT_ROOT / "template.yaml"
@@ -89,6 +89,16 @@ class LocalStack:
             cloudformation = session.client("cloudformation", endpoint_url=aws_url)
             outputs = provision.deploy_template(cloudformation, TEMPLATE, cfg.stack_name, cfg.stage)
             self._report(f"deployed template.yaml as stack '{cfg.stack_name}' on the emulator")
+            applied = wiring.apply_skipped_wiring(
+                wiring.load_template(TEMPLATE),
+                cfg.stack_name,
+                cloudformation,
+                session.client("s3", endpoint_url=aws_url),
+                session.client("sqs", endpoint_url=aws_url),
+                session.client("sns", endpoint_url=aws_url),
+            )
+            for line in applied:
+                self._report(f"wired {line}")
             s3 = session.client("s3", endpoint_url=aws_url)
             provision.upload_models(s3, outputs.bucket, models_dir)
 

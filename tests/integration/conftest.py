@@ -18,7 +18,36 @@ from infergw.local.stack import DEMO, EMULATOR_CREDENTIALS, Connection, LocalSta
 # Extra endpoints and policies only tests need: one endpoint a test may kill, one policy
 # naming an endpoint that does not exist.
 TEST_ADDITIONS: dict[str, Any] = {
-    "endpoints": [{"name": "doomed-realtime", "model": "digits", "version": "1", "instances": 1}],
+    "endpoints": [
+        {"name": "doomed-realtime", "model": "digits", "version": "1", "instances": 1},
+        # The router's own: a realtime endpoint replaced 2 s after it dies, serverless
+        # endpoints that scale to zero after 2 s idle.
+        {"name": "routed-realtime", "model": "digits", "version": "1", "replace_after_s": 2},
+        {
+            "name": "routed-serverless",
+            "model": "digits",
+            "version": "1",
+            "kind": "serverless",
+            "max_concurrency": 4,
+            "idle_timeout_s": 2,
+        },
+        {
+            "name": "solo-serverless",
+            "model": "digits",
+            "version": "1",
+            "kind": "serverless",
+            "max_concurrency": 4,
+            "idle_timeout_s": 2,
+        },
+        {
+            "name": "shadow-serverless",
+            "model": "digits",
+            "version": "1",
+            "kind": "serverless",
+            "max_concurrency": 4,
+            "idle_timeout_s": 2,
+        },
+    ],
     "policies": [
         {
             "model": "doomed",
@@ -39,6 +68,58 @@ TEST_ADDITIONS: dict[str, Any] = {
             "model": "digits-unchecked",
             "version": "1",
             "realtime": {"endpoint_name": "digits-realtime"},
+        },
+        {
+            "model": "routed",
+            "slo_ms": 3000,
+            "timeout_ms": 10000,
+            "input": {"features": 64},
+            "async_enabled": True,
+            "realtime": {
+                "endpoint_name": "routed-realtime",
+                "capacity": 2,
+                "expected_latency_ms": 5,
+            },
+            "serverless": {
+                "endpoint_name": "routed-serverless",
+                "capacity": 4,
+                "expected_latency_ms": 10,
+                "idle_timeout_s": 2,
+                "cold_start_ms": 1000,
+            },
+        },
+        {
+            "model": "serverless-only",
+            "slo_ms": 5000,
+            "input": {"features": 64},
+            "async_enabled": True,
+            "serverless": {
+                "endpoint_name": "solo-serverless",
+                "capacity": 4,
+                "expected_latency_ms": 10,
+                "idle_timeout_s": 2,
+                "cold_start_ms": 1000,
+            },
+        },
+        {
+            "model": "canary",
+            "input": {"features": 64},
+            "realtime": {"endpoint_name": "digits-realtime"},
+            "allow_variant_override": True,
+            "variants": [
+                {"name": "stable", "version": "1", "weight": 90},
+                {"name": "candidate", "version": "2", "weight": 10},
+            ],
+        },
+        {
+            "model": "shadowed",
+            "input": {"features": 64},
+            "realtime": {"endpoint_name": "digits-realtime"},
+            "shadow": {
+                "name": "shadow",
+                "version": "1",
+                "serverless": {"endpoint_name": "shadow-serverless"},
+            },
         },
         {
             "model": "limited-digits",

@@ -75,10 +75,10 @@ def test_missing_or_invalid_key_is_401(conn: Connection, authorization: str | No
 
 
 def test_body_over_the_sync_limit_is_413_with_the_limit(http: httpx.Client) -> None:
-    row = json.dumps([1.0] * 64)
+    row = json.dumps([1.0] * 30)
     rows = ",".join([row] * (7 * 1024 * 1024 // len(row)))
     response = http.post(
-        "/v1/models/digits/invocations",
+        "/v1/models/breast-cancer/invocations",
         content=f'{{"inputs": [{rows}]}}'.encode(),
         headers={"Content-Type": "application/json"},
     )

@@ -114,4 +114,4 @@ def test_models_listing_shows_policy_summaries(http: httpx.Client) -> None:
     assert "tenant-b-only" not in names  # another tenant's model is invisible
     digits = http.get("/v1/models/digits").json()
     assert digits["input"]["features"] == 64
-    assert digits["backends"] == ["realtime"]
+    assert digits["backends"] == ["realtime", "serverless", "async"]

@@ -95,7 +95,7 @@ def test_invoke_happy_path(gateway: Gateway, invoker: RecordingInvoker) -> None:
     assert call.body == b"5.1,3.5,1.4,0.2\n"  # forwarded unchanged
     assert call.content_type == "text/csv"  # canonical media type, parameters dropped
     assert call.accept == "text/csv"
-    assert call.timeout_s == pytest.approx(2.5)
+    assert call.timeout_s == pytest.approx(2.5, abs=0.05)  # what is left of the timeout
 
 
 def test_invoke_uses_serverless_when_there_is_no_realtime_endpoint(
@@ -104,7 +104,7 @@ def test_invoke_uses_serverless_when_there_is_no_realtime_endpoint(
     outcome = gateway.invoke(ALICE, request("digits", b"[" + b"0," * 63 + b"1]"))
     assert outcome.decision.header() == "serverless; reason=realtime-absent"
     assert invoker.calls[0].target == SERVERLESS
-    assert invoker.calls[0].timeout_s == pytest.approx(30.0)  # the default timeout_ms
+    assert invoker.calls[0].timeout_s == pytest.approx(30.0, abs=0.05)  # the default timeout_ms
 
 
 def test_invoke_reports_route_and_backend_timings(store: InMemoryPolicyStore) -> None:

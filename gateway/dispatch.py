@@ -1,0 +1,194 @@
+"""Carrying out a routing plan: call the chosen backend, fall back along the plan while the
+budget lasts, keep live state and breakers current, mirror to the shadow variant."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    GatewayError,
+)
+from gateway.live import LiveState
+from gateway.models import Backend, BackendReply, EndpointTarget, RouteDecision
+from gateway.ports import EndpointInvoker
+from gateway.routing import Targets
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
+# Failures worth another backend: the next one may well succeed. A client error is not.
+RETRYABLE = (BackendUnavailableError, BackendTimeoutError, BackendError)
+
+
+class InvokerByProtocol:
+    """One invoker per endpoint protocol (SageMaker runtime, OIP v2 over HTTP)."""
+
+    def __init__(self, invokers: dict[str, EndpointInvoker]) -> None:
+        self._invokers = invokers
+
+    def invoke(
+        self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
+    ) -> BackendReply:
+        return self._invokers[target.protocol].invoke(target, body, content_type, accept, timeout_s)
+
+
+@dataclass
+class Attempt:
+    decision: RouteDecision
+    reply: BackendReply | None = None
+    error: GatewayError | None = None
+    fallbacks: int = 0
+    tried: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShadowStats:
+    mirrored: int = 0
+    compared: int = 0
+    agreed: int = 0
+    shadow_errors: int = 0
+    dropped: int = 0
+
+    def agreement(self) -> float | None:
+        return None if self.compared == 0 else self.agreed / self.compared
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        invoker: EndpointInvoker,
+        live: LiveState,
+        shadow_executor: Executor | None = None,
+        max_shadow_queue: int = 64,
+    ) -> None:
+        self._invoker = invoker
+        self.live = live
+        self._shadow_executor = shadow_executor or ThreadPoolExecutor(
+            2, thread_name_prefix="shadow"
+        )
+        self._shadow_slots = threading.BoundedSemaphore(max_shadow_queue)
+        self.shadow: dict[str, ShadowStats] = {}
+        self.fallbacks = 0
+
+    def call_sync(
+        self,
+        plan: list[RouteDecision],
+        targets: Targets,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        deadline: float,
+        budget_end: float,
+    ) -> Attempt:
+        """Try the plan's sync steps in order. Stops at the first success, at a client
+        error, at an async step (returned for the caller to enqueue), or when time is up."""
+        attempt = Attempt(plan[0])
+        for index, decision in enumerate(plan):
+            if decision.backend is Backend.ASYNC:
+                attempt.decision = decision
+                return attempt
+            target = targets.of(decision.backend)
+            assert target is not None  # the router only plans configured backends
+            now = self.live.now()
+            if index > 0:
+                view = self.live.view(target)
+                if (
+                    len(attempt.tried) >= MAX_ATTEMPTS
+                    or not view.available
+                    or now + view.expected_ms / 1000 > budget_end
+                ):
+                    continue
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            attempt.decision = (
+                decision
+                if index == 0
+                else RouteDecision(
+                    decision.backend, f"fallback-from-{plan[0].backend.value}", decision.variant
+                )
+            )
+            attempt.tried.append(decision.backend.value)
+            started = self.live.begin(target)
+            try:
+                attempt.reply = self._invoker.invoke(
+                    target, body, content_type, accept, timeout_s=remaining
+                )
+            except RETRYABLE as exc:
+                self.live.end(target, started, ok=False)
+                attempt.error = exc
+                if index > 0 or len(plan) > 1:
+                    attempt.fallbacks += 1
+                continue
+            except GatewayError as exc:
+                # The model rejected the input: the backend is healthy, the client is not.
+                self.live.end(target, started, ok=True)
+                attempt.error = exc
+                return attempt
+            self.live.end(target, started, ok=True, cold_start_ms=attempt.reply.cold_start_ms)
+            attempt.error = None
+            if len(attempt.tried) > 1:
+                self.fallbacks += 1
+            return attempt
+        return attempt
+
+    def mirror(
+        self,
+        model: str,
+        shadow: Targets,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        primary: bytes,
+        timeout_s: float,
+    ) -> None:
+        """Send a copy to the shadow variant off the request path; compare its answer
+        with the primary's. Dropped, never queued without bound, when the shadow lags."""
+        stats = self.shadow.setdefault(model, ShadowStats())
+        target = shadow.realtime or shadow.serverless
+        if target is None:
+            return
+        if not self._shadow_slots.acquire(blocking=False):
+            stats.dropped += 1
+            return
+        stats.mirrored += 1
+
+        def run() -> None:
+            try:
+                started = self.live.begin(target)
+                try:
+                    reply = self._invoker.invoke(target, body, content_type, accept, timeout_s)
+                except GatewayError:
+                    self.live.end(target, started, ok=False)
+                    stats.shadow_errors += 1
+                    return
+                self.live.end(target, started, ok=True, cold_start_ms=reply.cold_start_ms)
+                stats.compared += 1
+                stats.agreed += agree(primary, reply.body)
+            finally:
+                self._shadow_slots.release()
+
+        self._shadow_executor.submit(run)
+
+
+def agree(primary: bytes, shadow: bytes) -> bool:
+    """Same labels when both answers have them, else the same predictions."""
+    try:
+        a = json.loads(primary).get("predictions")
+        b = json.loads(shadow).get("predictions")
+    except (ValueError, AttributeError):
+        return primary == shadow
+    labelled = isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+    if labelled and all(isinstance(x, dict) and "label" in x for x in a + b):
+        return [x["label"] for x in a] == [x["label"] for x in b]
+    return bool(a == b)
+
+
+Clock = Callable[[], float]
