@@ -100,12 +100,12 @@ class Admission:
                     f"The {limit.name} limit ({_describe(limit)}) is exhausted; retry after "
                     f"{math.ceil(verdict.retry_after_s)} s.",
                     retry_after_s=verdict.retry_after_s,
-                    headers=_headers(limits, verdicts, verdict),
+                    headers=_headers(limits, verdicts, verdict, self._clock()),
                     limit=limit.name,
                 )
         release = self._enter(policy, limits, verdicts)
         self.stats.allowed += 1
-        return Ticket(_headers(limits, verdicts, None), release)
+        return Ticket(_headers(limits, verdicts, None, self._clock()), release)
 
     def _acquire(self, limit: Limit, policy: ModelPolicy) -> Verdict | None:
         try:
@@ -132,7 +132,7 @@ class Admission:
                 raise RateLimitedError(
                     f"Model '{policy.model}' already has {cap} requests in flight.",
                     retry_after_s=1,
-                    headers=_headers(limits, verdicts, None),
+                    headers=_headers(limits, verdicts, None, self._clock()),
                     limit="concurrency",
                 )
             self._in_flight[policy.model] = current + 1
@@ -155,7 +155,7 @@ def _describe(limit: Limit) -> str:
 
 
 def _headers(
-    limits: list[Limit], verdicts: list[Verdict], denied: Verdict | None
+    limits: list[Limit], verdicts: list[Verdict], denied: Verdict | None, now: float
 ) -> dict[str, str]:
     """draft-ietf-httpapi-ratelimit-headers: every policy, and the tightest remaining."""
     policy = ", ".join(f'"{lim.name}";q={lim.burst};w={lim.window_s}' for lim in limits)
@@ -163,12 +163,12 @@ def _headers(
     headers = {"RateLimit-Policy": policy}
     if tightest is not None:
         lim = tightest.limit
-        if tightest.allowed:
-            reset = (
-                lim.window_s
-                if lim.rate <= 0
-                else math.ceil(max(0, lim.burst - tightest.remaining) / lim.rate)
-            )
+        if tightest.allowed and lim.rate <= 0:
+            # A quota resets when its period ends (midnight UTC for the daily one).
+            end = lim.expires_at if lim.expires_at is not None else now + lim.window_s
+            reset = math.ceil(max(0.0, end - now))
+        elif tightest.allowed:
+            reset = math.ceil(max(0, lim.burst - tightest.remaining) / lim.rate)
         else:
             reset = math.ceil(tightest.retry_after_s)
         headers["RateLimit"] = f'"{lim.name}";r={tightest.remaining};t={max(0, reset)}'

@@ -132,6 +132,13 @@ class Dispatcher:
                 self.live.end(target, started, ok=True)
                 attempt.error = exc
                 return attempt
+            except Exception:
+                log.exception("backend %s failed unexpectedly", target.endpoint_name)
+                self.live.end(target, started, ok=False)
+                attempt.error = BackendError(
+                    f"Endpoint '{target.endpoint_name}' failed unexpectedly; the error was logged."
+                )
+                continue
             self.live.end(target, started, ok=True, cold_start_ms=attempt.reply.cold_start_ms)
             attempt.error = None
             if len(attempt.tried) > 1:
@@ -165,7 +172,7 @@ class Dispatcher:
                 started = self.live.begin(target)
                 try:
                     reply = self._invoker.invoke(target, body, content_type, accept, timeout_s)
-                except GatewayError:
+                except Exception:
                     self.live.end(target, started, ok=False)
                     stats.shadow_errors += 1
                     return
@@ -175,16 +182,22 @@ class Dispatcher:
             finally:
                 self._shadow_slots.release()
 
-        self._shadow_executor.submit(run)
+        try:
+            self._shadow_executor.submit(run)
+        except RuntimeError:  # executor shut down: drop the copy, keep the slot
+            self._shadow_slots.release()
+            stats.dropped += 1
 
 
 def agree(primary: bytes, shadow: bytes) -> bool:
     """Same labels when both answers have them, else the same predictions."""
     try:
-        a = json.loads(primary).get("predictions")
-        b = json.loads(shadow).get("predictions")
+        doc_a, doc_b = json.loads(primary), json.loads(shadow)
+        a, b = doc_a.get("predictions"), doc_b.get("predictions")
     except (ValueError, AttributeError):
         return primary == shadow
+    if a is None or b is None:
+        return bool(doc_a == doc_b)
     labelled = isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
     if labelled and all(isinstance(x, dict) and "label" in x for x in a + b):
         return [x["label"] for x in a] == [x["label"] for x in b]

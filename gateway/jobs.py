@@ -244,3 +244,13 @@ class JobService:
 
 def with_updates(job: Job, **updates: Any) -> Job:
     return replace(job, **updates)
+
+
+def expire_uploads(jobs: JobStore, now: float) -> list[Job]:
+    """Jobs whose upload never arrived before the presigned POST expired become EXPIRED."""
+    expired = []
+    for job in jobs.pending_uploads(expired_before=now):
+        moved = jobs.transition(job, JobStatus.EXPIRED, finished_at=now)
+        if moved is not None:
+            expired.append(moved)
+    return expired

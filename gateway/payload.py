@@ -265,7 +265,10 @@ def _ndjson_rows(text: str) -> list[list[float]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        value = _loads(line, f"Line {number}")
+        try:
+            value = _loads(line, f"Line {number}")
+        except MalformedRequestError as exc:
+            raise MalformedRequestError(exc.detail, row=number) from None
         if isinstance(value, dict):
             value = value.get("inputs", value.get("features"))
         if not isinstance(value, list):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
 
 if TYPE_CHECKING:
     from gateway.jobs import Job, JobStatus
+    from gateway.notifications import Notification
     from gateway.ratelimit import Grant, Limit
 
 
@@ -56,7 +57,8 @@ class LimitStore(Protocol):
 
 class UsageStore(Protocol):
     def add(self, counts: dict[tuple[str, str, str], tuple[int, int]]) -> None:
-        """Add (requests, errors) to each (tenant, day, model) counter."""
+        """Add (requests, errors) to each (tenant, day, model) counter, in order. On failure
+        raise DependencyUnavailableError with ``written``: how many were added."""
 
     def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]: ...
 
@@ -79,6 +81,8 @@ class JobStore(Protocol):
 
     def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None: ...
 
+    def pending_uploads(self, expired_before: float) -> list[Job]: ...
+
 
 class PayloadStore(Protocol):
     def put(self, key: str, body: bytes, content_type: str) -> None: ...
@@ -88,3 +92,29 @@ class PayloadStore(Protocol):
     ) -> dict[str, object]: ...
 
     def presign_download(self, key: str, expires_s: int) -> str: ...
+
+
+class Notifier(Protocol):
+    def publish(self, notification: Notification) -> None: ...
+
+
+class ObjectStore(Protocol):
+    """Streaming access to job objects for the worker."""
+
+    def size(self, key: str) -> int | None: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def writer(self, key: str, content_type: str) -> ObjectWriter: ...
+
+    def put(self, key: str, body: bytes, content_type: str) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class ObjectWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...

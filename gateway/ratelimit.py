@@ -53,10 +53,12 @@ def take(
     else:
         elapsed = max(0.0, now - state.updated)  # a clock running backwards refills nothing
         tokens = min(float(burst), state.tokens + elapsed * rate)
-    # A hair of tolerance: a caller that waited exactly the advertised time must find the
-    # token there, not 0.99999999999994 of it.
-    granted = max(0, min(want, math.floor(tokens + 1e-9)))
-    return granted, BucketState(tokens - granted, now if state is None else max(now, state.updated))
+    # Tolerance for float time: a caller that waited exactly the advertised time must find
+    # the token there, not 0.99999976 of it (epoch seconds carry ~2.4e-7 s of rounding).
+    epsilon = 1e-9 + rate * 1e-6
+    granted = max(0, min(want, math.floor(tokens + epsilon)))
+    left = max(0.0, tokens - granted)
+    return granted, BucketState(left, now if state is None else max(now, state.updated))
 
 
 def seconds_until(tokens: float, rate: float, need: float = 1.0) -> float:
@@ -138,10 +140,13 @@ class LeasedLimiter:
             local.tokens -= 1
             remaining = local.tokens + math.floor(local.remote_remaining)
             low = local.tokens <= self.batch(limit) // 2
-            if low and not local.refilling and local.blocked_until <= now:
+            refill = low and not local.refilling and local.blocked_until <= now
+            if refill:
                 local.refilling = True
-                self._executor.submit(self._refill, limit, local)
-            return Verdict(True, limit, remaining)
+        if refill:
+            # Submitted outside the lock: the refill takes the same lock when it lands.
+            self._executor.submit(self._refill, limit, local)
+        return Verdict(True, limit, max(0, remaining))
 
     def _deny(self, limit: Limit, local: _Local, wait: float) -> Verdict:
         return Verdict(False, limit, 0, retry_after_s=wait)

@@ -230,12 +230,17 @@ class Gateway:
         if self.jobs is None:
             raise BackendUnavailableError("The async backend is not configured.", retry_after_s=30)
         require_scope(principal, Scope.JOBS)
+        # The job's output in the form a sync call would have answered: JSON, unless the
+        # client asked for NDJSON or CSV.
+        accept = request.accept.split(",")[0].split(";")[0].strip().lower()
+        if accept not in ("application/x-ndjson", "text/csv"):
+            accept = "application/json"
         job = self.jobs.submit_inline(
             principal,
             policy,
             request.body,
             media,
-            request.accept,
+            accept,
             variant=targets.variant,
             version=targets.version,
             idempotency_key=request.hints.idempotency_key,

@@ -22,6 +22,9 @@ class Settings:
     limits_table: str = ""
     usage_table: str = ""
     jobs_queue_url: str = ""
+    jobs_dlq_url: str = ""
+    succeeded_topic_arn: str = ""
+    failed_topic_arn: str = ""
     policy_cache_ttl_s: float = 10.0
     key_cache_ttl_s: float = 30.0
     # OIDC bearer tokens: all three or none.
@@ -56,6 +59,9 @@ class Settings:
             limits_table=env.get(PREFIX + "LIMITS_TABLE", ""),
             usage_table=env.get(PREFIX + "USAGE_TABLE", ""),
             jobs_queue_url=env.get(PREFIX + "JOBS_QUEUE_URL", ""),
+            jobs_dlq_url=env.get(PREFIX + "JOBS_DLQ_URL", ""),
+            succeeded_topic_arn=env.get(PREFIX + "JOB_SUCCEEDED_TOPIC_ARN", ""),
+            failed_topic_arn=env.get(PREFIX + "JOB_FAILED_TOPIC_ARN", ""),
             policy_cache_ttl_s=number("POLICY_CACHE_TTL_S", 10.0),
             key_cache_ttl_s=number("KEY_CACHE_TTL_S", 30.0),
             jwt_issuer=env.get(PREFIX + "JWT_ISSUER", ""),

@@ -53,12 +53,14 @@ class UsageRecorder:
         try:
             if batch:
                 self._store.add({k: (v[0], v[1]) for k, v in batch.items()})
-        except DependencyUnavailableError:
-            log.warning(
-                "usage store unavailable; keeping %d counters for the next flush", len(batch)
-            )
+        except DependencyUnavailableError as exc:
+            # The store adds counters in order and says how many it wrote before failing:
+            # only the rest is kept, so nothing is counted twice.
+            written = exc.extensions.get("written", 0)
+            rest = list(batch.items())[written if isinstance(written, int) else 0 :]
+            log.warning("usage store unavailable; keeping %d counters for next flush", len(rest))
             with self._lock:
-                for key, (requests, errors) in batch.items():
+                for key, (requests, errors) in rest:
                     counts = self._pending.setdefault(key, [0, 0])
                     counts[0] += requests
                     counts[1] += errors

@@ -183,7 +183,9 @@ class InMemoryUsageStore:
         for written, (key, (requests, errors)) in enumerate(counts.items()):
             if self.fail_after is not None and written >= self.fail_after:
                 self.fail_after = None
-                raise DependencyUnavailableError("The usage store failed mid-batch.")
+                raise DependencyUnavailableError(
+                    "The usage store failed mid-batch.", written=written
+                )
             old_requests, old_errors = self.counts.get(key, (0, 0))
             self.counts[key] = (old_requests + requests, old_errors + errors)
 
@@ -264,3 +266,44 @@ class FakePolicyStore(InMemoryPolicyStore):
     def delete(self, model: str) -> None:
         self.deleted.append(model)
         self._policies.pop(model, None)
+
+
+# --- Router: scripted backends ----------------------------------------------------------------
+
+
+@dataclass
+class ScriptedInvoker:
+    """``EndpointInvoker`` whose answers are scripted per endpoint name: each call records
+    itself, advances ``clock`` (if given) by ``latency_s[endpoint]`` so ``LiveState`` measures
+    that latency, then takes the next entry of ``script[endpoint]``: a ``BackendReply`` to
+    return or an exception to raise. When an endpoint's script runs dry, ``default``
+    answers (a reply, or an exception raised on every further call)."""
+
+    script: dict[str, list[BackendReply | BaseException]] = field(default_factory=dict)
+    default: BackendReply | BaseException = field(
+        default_factory=lambda: BackendReply(b'{"predictions": [0]}', "application/json")
+    )
+    clock: FakeClock | None = None
+    latency_s: dict[str, float] = field(default_factory=dict)
+    calls: list[InvokeCall] = field(default_factory=list)
+
+    def invoke(
+        self,
+        target: EndpointTarget,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        timeout_s: float,
+    ) -> BackendReply:
+        self.calls.append(InvokeCall(target, body, content_type, accept, timeout_s))
+        if self.clock is not None:
+            self.clock.advance(self.latency_s.get(target.endpoint_name, 0.0))
+        queue = self.script.get(target.endpoint_name)
+        outcome = queue.pop(0) if queue else self.default
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def endpoints(self) -> list[str]:
+        """The endpoint names called, in order."""
+        return [call.target.endpoint_name for call in self.calls]

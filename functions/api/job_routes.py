@@ -83,7 +83,8 @@ def create_job(model: str) -> Response[str]:
         caller,
         policy,
         content_type,
-        str(options.get("accept", "application/json")),
+        # Rows in, one line of predictions out per row: NDJSON unless asked otherwise.
+        str(options.get("accept", "application/x-ndjson")),
         inference_id,
         hints.idempotency_key,
     )

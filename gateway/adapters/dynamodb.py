@@ -99,13 +99,19 @@ class DynamoDBUsageStore(_Table):
     flushes from many gateway instances never lose a count."""
 
     def add(self, counts: dict[tuple[str, str, str], tuple[int, int]]) -> None:
-        for (tenant, day, model), (requests, errors) in counts.items():
-            self._call(
-                "update_item",
-                Key={"tenant": {"S": tenant}, "day_model": {"S": f"{day}#{model}"}},
-                UpdateExpression="ADD requests :r, errors :e",
-                ExpressionAttributeValues={":r": {"N": str(requests)}, ":e": {"N": str(errors)}},
-            )
+        for written, ((tenant, day, model), (requests, errors)) in enumerate(counts.items()):
+            try:
+                self._add(tenant, day, model, requests, errors)
+            except DependencyUnavailableError as exc:
+                raise DependencyUnavailableError(exc.detail, written=written) from exc
+
+    def _add(self, tenant: str, day: str, model: str, requests: int, errors: int) -> None:
+        self._call(
+            "update_item",
+            Key={"tenant": {"S": tenant}, "day_model": {"S": f"{day}#{model}"}},
+            UpdateExpression="ADD requests :r, errors :e",
+            ExpressionAttributeValues={":r": {"N": str(requests)}, ":e": {"N": str(errors)}},
+        )
 
     def query(self, tenant: str, since_day: str | None = None) -> list[dict[str, object]]:
         condition = "tenant = :t"

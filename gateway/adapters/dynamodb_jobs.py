@@ -93,6 +93,25 @@ class DynamoDBJobStore:
         ).get("Item")
         return None if marker is None else self.get(marker["target"]["S"])
 
+    def pending_uploads(self, expired_before: float) -> list[Job]:
+        found: list[Job] = []
+        start: dict[str, Any] | None = None
+        while True:
+            page = self._call(
+                "scan",
+                FilterExpression="#s = :pending",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":pending": {"S": JobStatus.PENDING_UPLOAD.value}},
+                **({"ExclusiveStartKey": start} if start else {}),
+            )
+            for item in page.get("Items", []):
+                job = _job(item)
+                if job.expires_at is not None and job.expires_at < expired_before:
+                    found.append(job)
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return found
+
     def _replace(self, old: Job, new: Job) -> Job | None:
         new = dataclasses.replace(new, updated_at=time.time())
         ok = self._put(

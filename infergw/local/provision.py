@@ -36,6 +36,9 @@ class StackOutputs:
             "INFERGW_JOBS_TABLE": self.jobs_table,
             "INFERGW_BUCKET": self.bucket,
             "INFERGW_JOBS_QUEUE_URL": self.jobs_queue_url,
+            "INFERGW_JOBS_DLQ_URL": self.jobs_dlq_url,
+            "INFERGW_JOB_SUCCEEDED_TOPIC_ARN": self.succeeded_topic_arn,
+            "INFERGW_JOB_FAILED_TOPIC_ARN": self.failed_topic_arn,
         }
 
 

@@ -40,6 +40,18 @@ class StackConfig:
     demo: Path = DEMO
     authorizer_ttl_s: float = 30.0
     policy_cache_ttl_s: float = 10.0
+    workers: int = 1
+    # Short lease and visibility locally: a crashed worker's job resumes within seconds.
+    worker_args: tuple[str, ...] = (
+        "--wait",
+        "2",
+        "--visibility",
+        "10",
+        "--lease",
+        "10",
+        "--sweep-every",
+        "5",
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,8 @@ class LocalStack:
                 logs,
                 env=env,
             )
+            for i in range(cfg.workers):
+                self._spawn(f"worker-{i}", ["-m", "async_worker", *cfg.worker_args], logs, env=env)
             processes.wait_until_ready(runtime_url + "/endpoints", host, timeout_s=120)
             processes.wait_until_ready(gateway_url + "/healthz", gateway)
         except BaseException:

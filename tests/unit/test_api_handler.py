@@ -316,11 +316,15 @@ def test_unknown_route_is_a_404_problem(method: str, path: str) -> None:
     assert doc["instance"] == path
 
 
-def test_unexpected_error_is_a_500_problem_without_internals(invoker: RecordingInvoker) -> None:
+def test_an_adapters_unexpected_error_is_a_502_problem_without_internals(
+    invoker: RecordingInvoker,
+) -> None:
+    # Not a 500: an untranslated backend failure is still the backend's, and it must not
+    # leave the backend's live state (in flight, breaker) wedged.
     invoker.error = RuntimeError("db password is hunter2")
     response = call(invocation())
-    doc = problem(response, 500)
-    assert doc["type"] == "/problems/internal-error"
+    doc = problem(response, 502)
+    assert doc["type"] == "/problems/backend-error"
     for leak in ("hunter2", "RuntimeError", "Traceback", 'File "'):
         assert leak not in response["body"]
 
