@@ -6,6 +6,7 @@ can happen between any two steps without a duplicate output or notification."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -245,10 +246,8 @@ class JobRunner:
 
     def _release(self, job: Job) -> None:
         """Let another worker take the job at once instead of waiting out the lease."""
-        try:
+        with contextlib.suppress(DependencyUnavailableError):  # else it expires on its own
             self._jobs.update(job, lease_expires=self._clock())
-        except DependencyUnavailableError:
-            pass  # the lease expires on its own
 
     def _notify(self, job: Job, output_type: str = "") -> None:
         self._notifier.publish(for_job(job, self._bucket, self.config.region, output_type))

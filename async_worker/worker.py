@@ -118,10 +118,14 @@ class Worker:
         try:
             if all(o is Outcome.DONE for o in outcomes):
                 self._sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
-            elif Outcome.RETRY in outcomes and self.runner.shutting_down.is_set():
-                # Released on shutdown: let another worker have it now.
+            elif Outcome.RETRY in outcomes:
+                # Released on shutdown: another worker may have it now. A failed attempt:
+                # back off exponentially rather than waiting out the whole visibility.
+                delay = 0 if self.runner.shutting_down.is_set() else 2**count
                 self._sqs.change_message_visibility(
-                    QueueUrl=self.config.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+                    QueueUrl=self.config.queue_url,
+                    ReceiptHandle=receipt,
+                    VisibilityTimeout=min(self.config.visibility_s, delay),
                 )
         except (ClientError, BotoCoreError) as exc:
             log.warning("could not settle message: %s", exc)

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
-from infergw import policy_cli
+from infergw import jobs_cli, policy_cli
 from infergw.client import Client, ProblemError
 
 # A handwritten zero from scikit-learn's digits (8x8 pixels, 0-16), for the sample curl.
@@ -185,10 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         return run
 
     policy_cli.add_parsers(sub, with_client)
+    jobs_cli.add_parsers(sub, with_client)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # its options are the worker's own
+        from async_worker.__main__ import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

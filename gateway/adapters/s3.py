@@ -3,6 +3,7 @@ downloads for everything larger."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -156,10 +157,9 @@ class MultipartWriter:
 
     def abort(self) -> None:
         if self._upload_id is not None:
-            try:
+            # On failure the bucket's lifecycle rule cleans the incomplete upload.
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self._client.abort_multipart_upload(
                     Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
                 )
-            except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rule cleans incomplete uploads
         self._buffer.clear()

@@ -197,6 +197,9 @@ class LocalStack:
     def dead(self) -> list[str]:
         return [name for name, p in self._procs if p.poll() is not None]
 
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for n, p in self._procs if n == name)
+
     def pids(self) -> list[int]:
         return [p.pid for _, p in self._procs]
 

@@ -44,3 +44,54 @@ def test_a_problem_is_reported_not_a_traceback(stack: LocalStack) -> None:
     result = _infergw(stack, "invoke", "digits", "--data", '{"inputs": [[1, 2]]}')
     assert result.returncode == 1
     assert "422" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_jobs_submit_wait_downloads_and_notifications_tail_sees_it(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    connection = Path(stack.config.state_dir) / "local.json"
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infergw.cli",
+            "--connection",
+            str(connection),
+            "notifications",
+            "tail",
+            "--tenant",
+            "demo",
+            "--model",
+            "digits",
+            "--count",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert tail.stdout is not None
+        first = tail.stdout.readline()  # subscribed before anything is submitted
+        assert "listening" in first, first
+        split = digits_split()
+        rows = split.x_test.tolist() * 20  # 9,000 rows
+        path = tmp_path / "rows.ndjson"
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+        out = tmp_path / "predictions.ndjson"
+        result = _infergw(
+            stack, "jobs", "submit", "digits", "--file", str(path), "--wait", "--out", str(out)
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "completed: 9000 rows" in result.stdout
+        labels = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+        assert len(labels) == 9000
+        accuracy = sum(a == int(b) for a, b in zip(labels[:450], split.y_test, strict=True)) / 450
+        assert accuracy >= 0.9
+        printed, _ = tail.communicate(timeout=60)
+        note = json.loads(printed.strip().splitlines()[-1])
+        assert note["attributes"] == {"tenant": "demo", "model": "digits", "status": "COMPLETED"}
+        assert note["message"]["invocationStatus"] == "Completed"
+    finally:
+        if tail.poll() is None:
+            tail.kill()
