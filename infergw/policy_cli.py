@@ -134,8 +134,12 @@ def cmd_keys(args: argparse.Namespace, client: Client) -> int:
         revoked = client.revoke_key(args.key_id)
         console.print(f"revoked {revoked['key_id']} at {revoked['revoked_at']}")
         return 0
+    keys = client.keys(args.tenant)
+    if args.json:
+        print(json.dumps(keys, indent=2))
+        return 0
     table = Table("key id", "tenant", "scopes", "tier", "created", "last used", "revoked")
-    for k in client.keys(args.tenant):
+    for k in keys:
         table.add_row(
             k["key_id"],
             k["tenant"],
@@ -178,6 +182,7 @@ def add_parsers(sub: Any, with_client: Any) -> None:
     keys.add_argument("--scopes", default="invoke", help="comma separated: invoke,jobs,admin")
     keys.add_argument("--tier", default="standard")
     keys.add_argument("--models", help="comma separated models the key may use (default all)")
+    keys.add_argument("--json", action="store_true", help="list as JSON")
     keys.set_defaults(func=with_client(cmd_keys))
 
     usage = sub.add_parser("usage", help="requests per tenant, model and day")

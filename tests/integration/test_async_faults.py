@@ -175,3 +175,42 @@ def test_a_poison_message_goes_to_the_dlq_and_its_job_fails(
         Bucket=conn.resources["INFERGW_BUCKET"], Key=f"tenants/demo/jobs/{job_id}/error"
     )["Body"].read()
     assert json.loads(error)["status"] == "FAILED"
+
+
+def test_sigterm_lets_the_worker_finish_or_hand_over_its_job(
+    http: httpx.Client,
+    aws: boto3.session.Session,
+    conn: Connection,
+    two_workers: list,
+) -> None:
+    x = np.tile(digits_split().x_test, (200, 1))  # 90,000 rows
+    ticket = http.post("/v1/models/digits/jobs", json={}).json()
+    upload(ticket, "\n".join(json.dumps(r) for r in x.tolist()).encode())
+    deadline = time.monotonic() + 60
+    while (doc := _job_item(aws, conn, ticket["job_id"]))["status"] != "RUNNING":
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.02)
+    owner = next(p for p in two_workers if p.pid == int(doc["lease_owner"].split(":")[1]))
+    owner.send_signal(signal.SIGTERM)
+    assert owner.wait(timeout=60) == 0  # a clean exit, within its grace period
+    job, _ = wait_for(http, ticket["job_id"], timeout_s=120)
+    assert job["status"] == "COMPLETED", job
+    assert len(httpx.get(job["output_url"], timeout=60).text.splitlines()) == len(x)
+
+
+def test_an_upload_that_never_arrives_expires(
+    http: httpx.Client, aws: boto3.session.Session, conn: Connection
+) -> None:
+    from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
+    from gateway.jobs import expire_uploads
+
+    ticket = http.post("/v1/models/digits/jobs", json={}).json()
+    store = DynamoDBJobStore(
+        aws.client("dynamodb", endpoint_url=conn.aws_endpoint_url),
+        conn.resources["INFERGW_JOBS_TABLE"],
+    )
+    # The sweep the workers run, with the clock moved past the presigned POST's expiry.
+    assert ticket["job_id"] not in [j.job_id for j in expire_uploads(store, time.time())]
+    expired = expire_uploads(store, time.time() + 16 * 60)
+    assert ticket["job_id"] in [j.job_id for j in expired]
+    assert http.get(f"/v1/jobs/{ticket['job_id']}").json()["status"] == "EXPIRED"

@@ -95,3 +95,30 @@ def test_jobs_submit_wait_downloads_and_notifications_tail_sees_it(
     finally:
         if tail.poll() is None:
             tail.kill()
+
+
+def test_keys_create_list_revoke_with_the_cli(stack: LocalStack) -> None:
+    created = _infergw(stack, "keys", "create", "--tenant", "dave", "--scopes", "invoke")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("igw_test_")
+    key_id = next(line.split()[-1] for line in created.stdout.splitlines() if "key id" in line)
+    listed = _infergw(stack, "keys", "list", "--tenant", "dave", "--json")
+    assert [k["key_id"] for k in json.loads(listed.stdout)] == [key_id]
+    assert key not in listed.stdout
+    revoked = _infergw(stack, "keys", "revoke", key_id)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+
+
+def test_the_python_client_picks_async_for_a_large_body(stack: LocalStack) -> None:
+    from infergw.client import Client
+
+    assert stack.connection is not None
+    with Client(stack.connection.gateway_url, stack.connection.api_key) as client:
+        small = client.invoke_auto("digits", json.dumps({"inputs": [[0.0] * 64]}).encode())
+        assert small.status == 200  # type: ignore[union-attr]
+        rows = "\n".join(json.dumps([0.0] * 64) for _ in range(24_000)).encode()  # > 6 MB
+        assert len(rows) > 6 * 1024 * 1024
+        job = client.invoke_auto("digits", rows, content_type="application/x-ndjson")
+        assert isinstance(job, dict) and job["status"] == "COMPLETED"
+        assert job["progress"]["records_done"] == 24_000
