@@ -195,6 +195,10 @@ class JobService:
         )
         return UploadTicket(job, upload)
 
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The newest jobs of every tenant, for the operator's status page."""
+        return self._jobs.recent(limit)
+
     def get(self, principal: Principal, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         # Another tenant's job is indistinguishable from a missing one.

@@ -13,6 +13,7 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import BackendUnavailableError, GatewayError, ModelNotFoundError
 from gateway.jobs import JobService
 from gateway.live import LiveState
+from gateway.metrics import RequestMetrics
 from gateway.models import (
     Backend,
     InvocationOutcome,
@@ -93,6 +94,7 @@ class Gateway:
         self.dispatcher = dispatcher or Dispatcher(invoker, self.live)
         self._clock = clock
         self.routes: dict[tuple[str, str], int] = {}  # (model, route) -> count
+        self.metrics = RequestMetrics()
 
     def list_models(self, principal: Principal) -> list[ModelSummary]:
         return [
@@ -120,17 +122,25 @@ class Gateway:
         started = self._clock()
         require_scope(principal, Scope.INVOKE)
         policy = self.policy_for(principal, request.model)
-        ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
+        try:
+            ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
+        except GatewayError as error:
+            self.metrics.record(policy.model, "limited", error.status, 0.0)
+            raise
         limited = self._clock()
         ok = False
+        route, status = "none", 500
         try:
             outcome = self._route_and_call(principal, policy, request, started, limited)
             ok = True
+            route, status = outcome.decision.backend.value, outcome.status
         except GatewayError as error:
             error.headers = {**ticket.headers, **error.headers}
+            status = error.status
             raise
         finally:
             ticket.release()
+            self.metrics.record(policy.model, route, status, (self._clock() - started) * 1000)
             if self._usage is not None:
                 self._usage.record(principal.tenant, policy.model, ok)
         outcome.headers.update(ticket.headers)

@@ -211,3 +211,51 @@ def _worker(argv: list[str]) -> int:
     from async_worker.__main__ import main
 
     return main(argv)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The local gateway's live metrics in the terminal (what /status draws)."""
+    import httpx
+
+    connection = json.loads(Path(args.connection or ".infergw/local.json").read_text())
+    snapshot = httpx.get(connection["gateway_url"] + "/status.json", timeout=10).json()
+    routes = Table(
+        "model",
+        "route",
+        "requests",
+        "5xx",
+        "4xx",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        title=f"last {snapshot['window_s'] / 60:.0f} min",
+    )
+    for r in snapshot["routes"]:
+        routes.add_row(
+            r["model"],
+            r["route"],
+            str(r["requests"]),
+            str(r["errors"]),
+            str(r["rejected"]),
+            *(f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("p50_ms", "p95_ms", "p99_ms")),
+        )
+    console.print(routes)
+    backends = Table("backend", "in flight", "ewma ms", "p99 ms", "breaker", "cold starts")
+    for name, b in snapshot["backends"].items():
+        backends.add_row(
+            name,
+            str(b["in_flight"]),
+            str(b["ewma_ms"]),
+            str(b["p99_ms"]),
+            b["breaker"],
+            str(b["cold_starts"]),
+        )
+    console.print(backends)
+    queue = snapshot.get("queue") or {}
+    limiter = snapshot.get("limiter") or {}
+    console.print(
+        f"fallbacks {snapshot['fallbacks']} · limited {limiter.get('limited', 0)} · "
+        f"jobs waiting {queue.get('backlog', '–')} · dead letters "
+        f"{queue.get('dead_letters', '–')}"
+    )
+    return 0

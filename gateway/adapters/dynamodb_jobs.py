@@ -93,6 +93,12 @@ class DynamoDBJobStore:
         ).get("Item")
         return None if marker is None else self.get(marker["target"]["S"])
 
+    def recent(self, limit: int) -> list[Job]:
+        """Newest first, by a scan: for an operator's page, not for the request path."""
+        items = self._call("scan", Limit=500).get("Items", [])
+        jobs = [_job(item) for item in items if "doc" in item]
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+
     def pending_uploads(self, expired_before: float) -> list[Job]:
         found: list[Job] = []
         start: dict[str, Any] | None = None

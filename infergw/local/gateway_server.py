@@ -11,6 +11,7 @@ from functions import bootstrap
 from functions.api.app import PUBLIC_PATHS
 from functions.api.app import handler as api_handler
 from functions.authorizer.app import handler as authorizer_handler
+from infergw.local import observe
 from infergw.local.http_api import LocalHttpApi
 
 
@@ -20,7 +21,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--authorizer-ttl", type=float, default=30.0)
     args = parser.parse_args(argv)
-    app = LocalHttpApi(api_handler, authorizer_handler, PUBLIC_PATHS, args.authorizer_ttl)
+    app = LocalHttpApi(
+        api_handler,
+        authorizer_handler,
+        PUBLIC_PATHS,
+        args.authorizer_ttl,
+        local_routes={
+            "/metrics": observe.prometheus,
+            "/status": observe.status_page,
+            "/status.json": observe.status_json,
+        },
+    )
     # A key revoked through this process stops working here at once, not after the TTL.
     bootstrap.on_revoke(lambda _digest: app.forget_verdicts())
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -58,7 +58,9 @@ class LocalHttpApi:
         public_paths: frozenset[str],
         authorizer_ttl_s: float = 30.0,
         stage: str = "$default",
+        local_routes: dict[str, Callable[[], tuple[int, str, bytes]]] | None = None,
     ) -> None:
+        self._local = local_routes or {}
         self._api = api
         self._authorizer = authorizer
         self._public = [_route_pattern(p) for p in public_paths]
@@ -78,6 +80,22 @@ class LocalHttpApi:
         request_id = uuid.uuid4().hex
         headers = _headers(scope)
         path = scope["path"]
+        local = self._local.get(path)
+        if local is not None and scope["method"] == "GET":
+            # Served by this front end itself (not API Gateway): operator views on loopback.
+            status, content_type, body = await anyio.to_thread.run_sync(local)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", content_type.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
         try:
             body = await _read_body(receive)
             authorizer_context: dict[str, Any] | None = None

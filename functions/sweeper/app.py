@@ -1,0 +1,25 @@
+"""Scheduled: jobs whose presigned upload expired without an input become EXPIRED."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from gateway.adapters import aws
+from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
+from gateway.jobs import expire_uploads
+from gateway.settings import Settings
+
+logger = Logger(service="infergw-sweeper")
+
+
+@logger.inject_lambda_context(clear_state=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    settings = Settings.from_environ()
+    store = DynamoDBJobStore(aws.client("dynamodb"), settings.jobs_table)
+    expired = expire_uploads(store, time.time())
+    for job in expired:
+        logger.info("upload never arrived", extra={"job_id": job.job_id, "tenant": job.tenant})
+    return {"expired": len(expired)}
