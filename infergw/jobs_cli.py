@@ -237,7 +237,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             str(r["requests"]),
             str(r["errors"]),
             str(r["rejected"]),
-            *(f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("p50_ms", "p95_ms", "p99_ms")),
+            *(f"{r[k]:.1f}" if r[k] is not None else "-" for k in ("p50_ms", "p95_ms", "p99_ms")),
         )
     console.print(routes)
     backends = Table("backend", "in flight", "ewma ms", "p99 ms", "breaker", "cold starts")
@@ -255,7 +255,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     limiter = snapshot.get("limiter") or {}
     console.print(
         f"fallbacks {snapshot['fallbacks']} · limited {limiter.get('limited', 0)} · "
-        f"jobs waiting {queue.get('backlog', '–')} · dead letters "
-        f"{queue.get('dead_letters', '–')}"
+        f"jobs waiting {queue.get('backlog', '-')} · dead letters "
+        f"{queue.get('dead_letters', '-')}"
     )
     return 0
