@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint bench clean
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+
+.PHONY: up test lint bench clean sam-validate sam-build
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON)"; exit 1; }
@@ -26,5 +29,26 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy .
 	$(BIN)/cfn-lint template.yaml
 
+## the SAM CLI in its own environment (its pins are not ours)
+$(SAM):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet aws-sam-cli==1.170.0
+
+sam-validate: $(SAM)
+	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint --region us-east-1
+
+sam-build: $(SAM)
+	SAM_CLI_TELEMETRY=0 $(SAM) build --build-in-source --region us-east-1 --build-dir .aws-sam/build
+
+## called by `sam build` (BuildMethod: makefile) for each function: our packages plus the
+## Lambda requirements, built for the functions' runtime and architecture
+build-ApiFunction build-AuthorizerFunction build-SweeperFunction:
+	$(PYTHON) -m pip install --quiet --no-compile --target "$(ARTIFACTS_DIR)" \
+		--platform manylinux2014_aarch64 --implementation cp --python-version 3.11 \
+		--only-binary=:all: -r lambda-requirements.txt
+	cp -r gateway functions "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+
 clean:
-	rm -rf $(VENV) .infergw .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .infergw .pytest_cache .mypy_cache .ruff_cache build *.egg-info

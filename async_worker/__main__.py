@@ -40,7 +40,7 @@ def build(args: argparse.Namespace, settings: Settings) -> Worker:
     runner = JobRunner(
         RunnerConfig(
             worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
-            region=aws.session().region_name or "us-east-1",
+            region=aws.region(),
             lease_s=args.lease,
             batch_rows=args.batch_rows,
         ),

@@ -7,14 +7,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.adapters import aws
 from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore, DynamoDBUsageStore
 from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
 from gateway.adapters.dynamodb_limits import DynamoDBLimitStore
-from gateway.adapters.jwks import HttpJwksSource
-from gateway.adapters.oip import HttpOipInvoker
 from gateway.adapters.s3 import S3PayloadStore
 from gateway.adapters.sagemaker import SageMakerRuntimeInvoker
 from gateway.admin import KeyAdmin, PolicyAdmin
@@ -23,11 +21,15 @@ from gateway.auth import ApiKeyAuthenticator
 from gateway.authn import CredentialAuthenticator
 from gateway.dispatch import InvokerByProtocol
 from gateway.jobs import JobService
-from gateway.jwt_auth import JwksCache, JwtAuthenticator, JwtSettings
+from gateway.models import BackendReply, EndpointTarget
+from gateway.ports import EndpointInvoker
 from gateway.ratelimit import LeasedLimiter
 from gateway.service import CachedPolicyStore, Gateway
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
+
+if TYPE_CHECKING:
+    from gateway.jwt_auth import JwtAuthenticator
 
 
 @dataclass
@@ -101,9 +103,28 @@ def on_revoke(listener: Callable[[str], None]) -> None:
     services().revocation_listeners.append(listener)
 
 
+class _LazyOipInvoker:
+    """httpx is imported on the first OIP v2 call, not at cold start."""
+
+    def __init__(self) -> None:
+        self._inner: EndpointInvoker | None = None
+
+    def invoke(
+        self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
+    ) -> BackendReply:
+        if self._inner is None:
+            from gateway.adapters.oip import HttpOipInvoker
+
+            self._inner = HttpOipInvoker()
+        return self._inner.invoke(target, body, content_type, accept, timeout_s)
+
+
 def _tokens(config: Settings) -> JwtAuthenticator | None:
     if not config.jwks_url:
         return None
+    from gateway.adapters.jwks import HttpJwksSource  # httpx, only when tokens are on
+    from gateway.jwt_auth import JwksCache, JwtAuthenticator, JwtSettings
+
     settings = JwtSettings(
         issuer=config.jwt_issuer,
         audience=config.jwt_audience,
@@ -146,7 +167,7 @@ def build(config: Settings) -> Services:
                     "sagemaker-runtime", read_timeout=timeout_s, retries={"max_attempts": 1}
                 )
             ),
-            "oip-v2": HttpOipInvoker(),
+            "oip-v2": _LazyOipInvoker(),
         }
     )
     jobs = (

@@ -16,6 +16,7 @@ from gateway.ports import KeyStore
 KEY_PREFIXES = ("igw_live_", "igw_test_")
 _KEY_ENTROPY_BYTES = 32  # 256 bits, base64url encoded to 43 characters
 _MAX_CREDENTIAL_LENGTH = 4096
+MAX_TOKEN_LENGTH = 8192  # an OIDC token with many groups can pass 4 KB
 
 
 def digest_key(api_key: str) -> str:

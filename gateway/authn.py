@@ -3,10 +3,14 @@ OIDC bearer token when an identity provider is configured."""
 
 from __future__ import annotations
 
-from gateway.auth import KEY_PREFIXES, ApiKeyAuthenticator, bearer_credential
+from typing import TYPE_CHECKING
+
+from gateway.auth import KEY_PREFIXES, MAX_TOKEN_LENGTH, ApiKeyAuthenticator, bearer_credential
 from gateway.errors import UnauthenticatedError
-from gateway.jwt_auth import MAX_TOKEN_LENGTH, JwtAuthenticator
 from gateway.models import Principal
+
+if TYPE_CHECKING:  # PyJWT is imported only where tokens are configured
+    from gateway.jwt_auth import JwtAuthenticator
 
 
 class CredentialAuthenticator:

@@ -29,11 +29,10 @@ from typing import Any, Protocol
 
 import jwt
 
-from gateway.auth import bearer_credential
+from gateway.auth import MAX_TOKEN_LENGTH, bearer_credential
 from gateway.errors import UnauthenticatedError
 from gateway.models import Principal
 
-MAX_TOKEN_LENGTH = 8 * 1024
 # Asymmetric JWS algorithms PyJWT implements; a configuration may only choose among these.
 SUPPORTED_ALGORITHMS = frozenset(
     {

@@ -6,12 +6,15 @@ Parse, call the core, return: decisions live in ``gateway``, HTTP mapping of err
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 
 from functions import bootstrap
 from functions.api import openapi
@@ -30,6 +33,9 @@ from gateway.hints import parse_hints
 from gateway.models import InvocationRequest, ModelSummary
 
 logger = Logger(service="infergw-api")
+metrics = Metrics(namespace="infergw", service="gateway")
+# Most routes emit no metric; that is expected, not worth a warning per request.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(path="/docs", title="infergw", version="1")
 app.include_router(admin_router)
@@ -87,6 +93,8 @@ def invoke(model: str):  # type: ignore[no-untyped-def]
         hints=parse_hints(headers),
     )
     outcome = bootstrap.gateway().invoke(principal(event), request)
+    route = outcome.decision.backend.value
+    _golden_signals(model, route, outcome.status, sum(outcome.timings_ms.values()))
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
     return Response(
         status_code=outcome.status,
@@ -109,6 +117,16 @@ def usage(
     return bootstrap.gateway().usage(principal(app.current_event), None, since)
 
 
+def _golden_signals(model: str, route: str, status: int, latency_ms: float) -> None:
+    """EMF: traffic, errors and latency per model and route (saturation is the limiter's
+    and the breakers' business, in their own metrics)."""
+    metrics.add_dimension("model", model)
+    metrics.add_dimension("route", route)
+    metrics.add_metric("Requests", MetricUnit.Count, 1)
+    metrics.add_metric("Errors", MetricUnit.Count, int(status >= 500))
+    metrics.add_metric("Latency", MetricUnit.Milliseconds, latency_ms)
+
+
 def _problem(error: GatewayError) -> Response[str]:
     return Response(
         status_code=error.status,
@@ -120,6 +138,12 @@ def _problem(error: GatewayError) -> Response[str]:
 
 @app.exception_handler(GatewayError)  # type: ignore[untyped-decorator]
 def on_gateway_error(error: GatewayError) -> Response[str]:
+    path = app.current_event.path
+    if path.startswith("/v1/models/") and path.endswith("/invocations"):
+        outcome = (
+            "limited" if error.status == 429 else "rejected" if error.status < 500 else "failed"
+        )
+        _golden_signals(path.split("/")[3], outcome, error.status, 0.0)
     return _problem(error)
 
 
@@ -142,6 +166,9 @@ def on_unexpected(error: Exception) -> Response[str]:
     return _problem(GatewayError("The gateway failed unexpectedly; the error was logged."))
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(
+    clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
+)
+@metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return app.resolve(event, context)

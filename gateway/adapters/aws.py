@@ -1,22 +1,29 @@
 """AWS clients configured only through the standard environment (``AWS_ENDPOINT_URL``,
 ``AWS_ENDPOINT_URL_<SERVICE>``, region, credentials): the same code runs against the local
-emulator, LocalStack or AWS."""
+emulator, LocalStack or AWS.
+
+botocore directly, not boto3: boto3 adds nothing these adapters use and costs a Lambda
+cold start some 50 ms of imports (s3transfer and friends)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 
-_session: boto3.session.Session | None = None
+_session: botocore.session.Session | None = None
 
 
-def session() -> boto3.session.Session:
+def session() -> botocore.session.Session:
     global _session
     if _session is None:
-        _session = boto3.session.Session()
+        _session = botocore.session.get_session()
     return _session
+
+
+def region() -> str:
+    return str(session().get_config_variable("region") or "us-east-1")
 
 
 def client(service: str, **config: Any) -> Any:
@@ -28,4 +35,4 @@ def client(service: str, **config: Any) -> Any:
         "read_timeout": 10,
     }
     settings.update(config)
-    return session().client(service, config=Config(**settings))
+    return session().create_client(service, region_name=region(), config=Config(**settings))

@@ -56,3 +56,30 @@ def test_model_artifacts_are_deterministic(tmp_path: Path, models_dir: Path) -> 
     rebuilt = build_digits()
     assert rebuilt.onnx == (models_dir / "digits" / "1" / "model.onnx").read_bytes()
     assert rebuilt.accuracy >= 0.9
+
+
+def _make(target: str) -> subprocess.CompletedProcess[str]:
+    root = TEMPLATE.parent
+    return subprocess.run(
+        ["make", "-s", target], cwd=root, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_sam_validate_lint() -> None:
+    result = _make("sam-validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_sam_build_packages_every_function_lean() -> None:
+    result = _make("sam-build")
+    assert result.returncode == 0, result.stdout + result.stderr
+    build = TEMPLATE.parent / ".aws-sam" / "build"
+    for function in ("ApiFunction", "AuthorizerFunction", "SweeperFunction"):
+        contents = {p.name for p in (build / function).iterdir()}
+        assert {"gateway", "functions", "aws_lambda_powertools", "pydantic"} <= contents
+        # Built for the functions' arm64 runtime, and without the heavy numeric stack.
+        assert any(
+            p.name.endswith("aarch64-linux-gnu.so") for p in (build / function).rglob("*.so")
+        )
+        assert not contents & {"numpy", "onnxruntime", "sklearn", "async_worker"}
