@@ -33,6 +33,39 @@ class QueueConfig:
     shutdown_grace_s: float = 20.0
 
 
+_UNITS = {
+    "backlog": "Count",
+    "in_flight": "Count",
+    "backlog_per_worker": "Count",
+    "jobs_completed": "Count",
+    "jobs_failed": "Count",
+    "rows": "Count",
+}
+
+
+def emf(metrics: dict[str, float], **dimensions: str) -> str:
+    """One line in CloudWatch's embedded metric format: on ECS with the awslogs driver it
+    becomes metrics in the infergw namespace without an API call."""
+    return json.dumps(
+        {
+            "_aws": {
+                "Timestamp": int(time.time() * 1000),
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": "infergw",
+                        "Dimensions": [sorted(dimensions)],
+                        "Metrics": [
+                            {"Name": name, "Unit": _UNITS.get(name, "None")} for name in metrics
+                        ],
+                    }
+                ],
+            },
+            **dimensions,
+            **metrics,
+        }
+    )
+
+
 class Heartbeat:
     """Keeps a message invisible while its job runs, however long that is."""
 
@@ -172,7 +205,5 @@ class Worker:
             "jobs_failed": self.runner.failed,
             "rows": self.runner.rows,
         }
-        # One JSON line: CloudWatch's embedded metric format picks it up on AWS, the
-        # queue-depth target tracking scales on backlog_per_worker.
-        log.info(json.dumps({"metric": "infergw.worker", **metrics}))
+        print(emf(metrics, queue=self.config.queue_url.rsplit("/", 1)[-1]), flush=True)
         return metrics

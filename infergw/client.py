@@ -248,6 +248,7 @@ class Client:
         scopes: list[str],
         tier: str = "standard",
         allowed_models: list[str] | None = None,
+        environment: str = "test",
     ) -> dict[str, Any]:
         result: dict[str, Any] = _parse(
             self._http.post(
@@ -257,6 +258,7 @@ class Client:
                     "scopes": scopes,
                     "tier": tier,
                     "allowed_models": allowed_models,
+                    "environment": environment,
                 },
             )
         )

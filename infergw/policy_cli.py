@@ -119,6 +119,7 @@ def cmd_keys(args: argparse.Namespace, client: Client) -> int:
             args.scopes.split(","),
             args.tier,
             args.models.split(",") if args.models else None,
+            environment="live" if args.live else "test",
         )
         console.print(
             f"key id   {created['key_id']}\ntenant   {created['tenant']}\n"
@@ -183,6 +184,7 @@ def add_parsers(sub: Any, with_client: Any) -> None:
     keys.add_argument("--tier", default="standard")
     keys.add_argument("--models", help="comma separated models the key may use (default all)")
     keys.add_argument("--json", action="store_true", help="list as JSON")
+    keys.add_argument("--live", action="store_true", help="an igw_live_ key (default igw_test_)")
     keys.set_defaults(func=with_client(cmd_keys))
 
     usage = sub.add_parser("usage", help="requests per tenant, model and day")
