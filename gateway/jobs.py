@@ -134,22 +134,14 @@ class JobService:
         existing = self._idempotent(principal, idempotency_key)
         if existing is not None:
             return existing
-        now = self._clock()
-        job = Job(
-            job_id=new_job_id(),
-            tenant=principal.tenant,
-            model=policy.model,
-            version=version or policy.version,
-            status=JobStatus.PENDING_UPLOAD,
-            created_at=now,
-            updated_at=now,
-            content_type=content_type,
-            accept=accept,
+        job = self._new_job(
+            principal,
+            policy,
+            content_type,
+            accept,
+            idempotency_key,
             variant=variant,
-            max_bytes=policy.max_async_bytes,
-            idempotency_key=idempotency_key,
-            records_total=None,
-            expires_at=now + self.upload_ttl_s,
+            version=version or policy.version,
         )
         created = self._create(principal, job)
         if created is not job:
@@ -167,26 +159,19 @@ class JobService:
         idempotency_key: str | None,
     ) -> UploadTicket:
         require_scope(principal, Scope.JOBS)
-        existing = self._idempotent(principal, idempotency_key)
-        job = existing
+        job = self._idempotent(principal, idempotency_key)
         if job is None:
-            now = self._clock()
-            job = Job(
-                job_id=new_job_id(),
-                tenant=principal.tenant,
-                model=policy.model,
-                version=policy.version,
-                status=JobStatus.PENDING_UPLOAD,
-                created_at=now,
-                updated_at=now,
-                content_type=content_type,
-                accept=accept,
-                max_bytes=policy.max_async_bytes,
-                inference_id=inference_id,
-                idempotency_key=idempotency_key,
-                expires_at=now + self.upload_ttl_s,
+            job = self._create(
+                principal,
+                self._new_job(
+                    principal,
+                    policy,
+                    content_type,
+                    accept,
+                    idempotency_key,
+                    inference_id=inference_id,
+                ),
             )
-            job = self._create(principal, job)
         upload = self._payloads.presign_upload(
             job.input_key,
             max_bytes=job.max_bytes,
@@ -194,6 +179,36 @@ class JobService:
             expires_s=self.upload_ttl_s,
         )
         return UploadTicket(job, upload)
+
+    def _new_job(
+        self,
+        principal: Principal,
+        policy: ModelPolicy,
+        content_type: str,
+        accept: str,
+        idempotency_key: str | None,
+        *,
+        variant: str = "primary",
+        version: str | None = None,
+        inference_id: str | None = None,
+    ) -> Job:
+        now = self._clock()
+        return Job(
+            job_id=new_job_id(),
+            tenant=principal.tenant,
+            model=policy.model,
+            version=version or policy.version,
+            status=JobStatus.PENDING_UPLOAD,
+            created_at=now,
+            updated_at=now,
+            content_type=content_type,
+            accept=accept,
+            variant=variant,
+            max_bytes=policy.max_async_bytes,
+            inference_id=inference_id,
+            idempotency_key=idempotency_key,
+            expires_at=now + self.upload_ttl_s,  # the presigned POST's life
+        )
 
     def recent(self, limit: int = 20) -> list[Job]:
         """The newest jobs of every tenant, for the operator's status page."""

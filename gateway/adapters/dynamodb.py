@@ -151,13 +151,17 @@ class DynamoDBKeyStore(_Table):
         ).get("Item")
         return None if item is None else _key(item)
 
-    def find(self, key_id: str) -> ApiKeyRecord | None:
-        items = self._call(
+    def _by_key_id(self, key_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self._call(
             "query",
             IndexName="by-key-id",
             KeyConditionExpression="key_id = :k",
             ExpressionAttributeValues={":k": {"S": key_id}},
         ).get("Items", [])
+        return items
+
+    def find(self, key_id: str) -> ApiKeyRecord | None:
+        items = self._by_key_id(key_id)
         if not items:
             return None
         # The index may lag; read the item itself for the current revocation state.
@@ -169,13 +173,7 @@ class DynamoDBKeyStore(_Table):
 
     def touch(self, key_id: str, when: str) -> None:
         """Record when a key was last used (best effort, batched by the caller)."""
-        items = self._call(
-            "query",
-            IndexName="by-key-id",
-            KeyConditionExpression="key_id = :k",
-            ExpressionAttributeValues={":k": {"S": key_id}},
-        ).get("Items", [])
-        for item in items:
+        for item in self._by_key_id(key_id):
             self._call(
                 "update_item",
                 Key={"key_digest": item["key_digest"]},
