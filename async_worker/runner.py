@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from aws_lambda_powertools import Logger
+
+from async_worker.metrics import emf
 from gateway.errors import DependencyUnavailableError, GatewayError
 from gateway.jobs import FINISHED, Job, JobStatus
 from gateway.notifications import for_job
@@ -22,7 +24,18 @@ from gateway.ports import JobStore, Notifier, ObjectStore
 from model_runtime.onnx_model import OnnxModel
 from model_runtime.streaming import OutputWriter, iter_batches
 
-log = logging.getLogger("async_worker")
+# Structured JSON logs; every line about a job carries its id and the API request id that
+# created it, so one search follows a job through gateway, queue and worker.
+log = Logger(service="infergw-worker")
+
+
+def _keys(job: Job) -> dict[str, object]:
+    return {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "model": job.model,
+        "correlation_id": job.extra.get("correlation_id"),
+    }
 
 
 class Outcome(Enum):
@@ -118,11 +131,11 @@ class JobRunner:
         )
         if leased is None:
             return Outcome.BUSY
-        log.info("job %s: running (attempt %d)", job_id, leased.attempts)
+        log.info("job running", extra={**_keys(leased), "attempt": leased.attempts})
         try:
             self._run(leased)
         except _Stop as stop:
-            log.info("job %s: stopped (%s)", job_id, stop.why)
+            log.info("job stopped", extra={**_keys(leased), "why": stop.why})
             if stop.why == "shutdown":
                 self._release(leased)
                 return Outcome.RETRY
@@ -133,7 +146,7 @@ class JobRunner:
             self._fail(leased, exc.detail)  # the input's fault: retrying cannot help
             return Outcome.DONE
         except Exception as exc:
-            log.exception("job %s: unexpected error", job_id)
+            log.exception("job hit an unexpected error", extra=_keys(leased))
             return self._transient(leased, exc, receive_count, max_receives)
         return Outcome.DONE
 
@@ -190,7 +203,8 @@ class JobRunner:
             raise _Stop("lease lost")
         self.completed += 1
         self.rows += done
-        log.info("job %s: completed, %d rows", job.job_id, done)
+        log.info("job completed", extra={**_keys(completed), "rows": done})
+        print(emf(_job_metrics(completed), model=job.model), flush=True)
         self._notify(completed, out.content_type)
 
     def _progress(self, job: Job, done: int, now: float) -> Job:
@@ -215,7 +229,7 @@ class JobRunner:
         )
         if failed is not None:
             self.failed += 1
-            log.info("job %s: failed: %s", job.job_id, reason)
+            log.info("job failed", extra={**_keys(failed), "reason": reason})
             self._notify(failed)
 
     def fail_dead_letter(self, job: Job) -> None:
@@ -240,7 +254,7 @@ class JobRunner:
             # Last delivery: the message goes to the DLQ next; the job must not hang.
             self._fail(job, f"Gave up after {receive_count} attempts: {reason}")
             return Outcome.RETRY
-        log.warning("job %s: transient failure, will retry: %s", job.job_id, reason)
+        log.warning("job failed transiently, will retry", extra={**_keys(job), "reason": reason})
         self._release(job)
         return Outcome.RETRY
 
@@ -254,6 +268,16 @@ class JobRunner:
         # Marked after publishing: a crash in between re-sends rather than loses it;
         # subscribers dedupe on jobId.
         self._jobs.update(job, notified=True)
+
+
+def _job_metrics(job: Job) -> dict[str, float]:
+    """Duration (running), age (created to finished) and size of a finished job."""
+    end = job.finished_at or 0.0
+    return {
+        "JobSeconds": end - (job.started_at or end),
+        "JobAgeSeconds": end - job.created_at,
+        "JobRows": float(job.records_done),
+    }
 
 
 class _BadInput(GatewayError):

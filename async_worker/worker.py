@@ -3,22 +3,22 @@ dead-letter and upload-expiry sweeps, and backlog metrics for queue-depth autosc
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
 from async_worker.messages import job_ids
+from async_worker.metrics import emf
 from async_worker.runner import JobRunner, Outcome
 from gateway.errors import DependencyUnavailableError
 from gateway.jobs import FINISHED, expire_uploads
 from gateway.ports import JobStore
 
-log = logging.getLogger("async_worker")
+log = Logger(service="infergw-worker")
 
 
 @dataclass
@@ -31,39 +31,6 @@ class QueueConfig:
     concurrency: int = 1
     sweep_every_s: float = 15.0
     shutdown_grace_s: float = 20.0
-
-
-_UNITS = {
-    "backlog": "Count",
-    "in_flight": "Count",
-    "backlog_per_worker": "Count",
-    "jobs_completed": "Count",
-    "jobs_failed": "Count",
-    "rows": "Count",
-}
-
-
-def emf(metrics: dict[str, float], **dimensions: str) -> str:
-    """One line in CloudWatch's embedded metric format: on ECS with the awslogs driver it
-    becomes metrics in the infergw namespace without an API call."""
-    return json.dumps(
-        {
-            "_aws": {
-                "Timestamp": int(time.time() * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": "infergw",
-                        "Dimensions": [sorted(dimensions)],
-                        "Metrics": [
-                            {"Name": name, "Unit": _UNITS.get(name, "None")} for name in metrics
-                        ],
-                    }
-                ],
-            },
-            **dimensions,
-            **metrics,
-        }
-    )
 
 
 class Heartbeat:
@@ -168,7 +135,7 @@ class Worker:
             try:
                 self.drain_dead_letters()
                 for job in expire_uploads(self._jobs, time.time()):
-                    log.info("job %s: upload never arrived, expired", job.job_id)
+                    log.info("upload never arrived, job expired", extra={"job_id": job.job_id})
                 self.report_backlog()
             except (ClientError, BotoCoreError, DependencyUnavailableError) as exc:
                 log.warning("sweep failed: %s", exc)
@@ -198,12 +165,12 @@ class Worker:
         )["Attributes"]
         visible = int(attributes.get("ApproximateNumberOfMessages", 0))
         metrics = {
-            "backlog": visible,
-            "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
-            "backlog_per_worker": visible / max(1, self.config.concurrency),
-            "jobs_completed": self.runner.completed,
-            "jobs_failed": self.runner.failed,
-            "rows": self.runner.rows,
+            "Backlog": visible,
+            "InFlight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "BacklogPerWorker": visible / max(1, self.config.concurrency),
+            "JobsCompleted": self.runner.completed,
+            "JobsFailed": self.runner.failed,
+            "RowsProcessed": self.runner.rows,
         }
         print(emf(metrics, queue=self.config.queue_url.rsplit("/", 1)[-1]), flush=True)
         return metrics

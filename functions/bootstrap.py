@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, TypeVar
 
+from functions import tracing
 from gateway.adapters import aws
 from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore, DynamoDBUsageStore
 from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
@@ -185,6 +186,7 @@ def build(config: Settings) -> Services:
         usage=UsageRecorder(usage_store) if usage_store else None,
         usage_store=usage_store,
         jobs=jobs,
+        spans=tracing.spans(),
     )
     authenticator = CredentialAuthenticator(api_keys, _tokens(config))
     listeners: list[Callable[[str], None]] = [authenticator.forget]

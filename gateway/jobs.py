@@ -128,6 +128,7 @@ class JobService:
         variant: str = "primary",
         version: str | None = None,
         idempotency_key: str | None = None,
+        correlation_id: str | None = None,
     ) -> Job:
         """A small body sent to async: the gateway writes it to S3 itself; the object's
         creation event queues the job exactly as for a presigned upload."""
@@ -142,6 +143,7 @@ class JobService:
             idempotency_key,
             variant=variant,
             version=version or policy.version,
+            correlation_id=correlation_id,
         )
         created = self._create(principal, job)
         if created is not job:
@@ -157,6 +159,7 @@ class JobService:
         accept: str,
         inference_id: str | None,
         idempotency_key: str | None,
+        correlation_id: str | None = None,
     ) -> UploadTicket:
         require_scope(principal, Scope.JOBS)
         job = self._idempotent(principal, idempotency_key)
@@ -170,6 +173,7 @@ class JobService:
                     accept,
                     idempotency_key,
                     inference_id=inference_id,
+                    correlation_id=correlation_id,
                 ),
             )
         upload = self._payloads.presign_upload(
@@ -191,6 +195,7 @@ class JobService:
         variant: str = "primary",
         version: str | None = None,
         inference_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> Job:
         now = self._clock()
         return Job(
@@ -208,6 +213,7 @@ class JobService:
             inference_id=inference_id,
             idempotency_key=idempotency_key,
             expires_at=now + self.upload_ttl_s,  # the presigned POST's life
+            extra={"correlation_id": correlation_id} if correlation_id else {},
         )
 
     def recent(self, limit: int = 20) -> list[Job]:

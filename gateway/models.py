@@ -230,6 +230,7 @@ class InvocationRequest:
     content_type: str
     accept: str = "application/json"
     hints: RequestHints = field(default_factory=RequestHints)
+    correlation_id: str | None = None  # the API request id, carried into async jobs
 
 
 @dataclass(frozen=True, slots=True)

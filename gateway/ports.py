@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
@@ -120,3 +121,9 @@ class ObjectWriter(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class Spans(Protocol):
+    """Tracing: a named span around a step (auth, limit, route, backend)."""
+
+    def span(self, name: str) -> AbstractContextManager[object]: ...

@@ -28,6 +28,7 @@ from gateway.models import (
     Backend,
     EndpointTarget,
     ModelPolicy,
+    RequestHints,
     RouteDecision,
     Variant,
 )
@@ -69,6 +70,18 @@ def targets_for(policy: ModelPolicy, variant: Variant | None) -> Targets:
         variant.realtime or policy.realtime,
         variant.serverless or policy.serverless,
     )
+
+
+def budgets(policy: ModelPolicy, hints: RequestHints) -> tuple[float, float]:
+    """(latency budget for routing, hard timeout), both in ms. A client's
+    X-Latency-Budget-Ms may only tighten the policy's SLO, and caps the timeout too: the
+    client will not wait longer."""
+    budget = float(policy.slo_ms)
+    timeout = float(policy.timeout_ms)
+    if hints.latency_budget_ms is not None:
+        budget = min(budget, hints.latency_budget_ms)
+        timeout = min(timeout, float(hints.latency_budget_ms))
+    return budget, timeout
 
 
 def sync_limit(policy: ModelPolicy, targets: Targets | None = None) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from gateway import payload, routing
 from gateway.admission import Admission, Ticket
 from gateway.auth import require_scope
-from gateway.dispatch import Dispatcher
+from gateway.dispatch import Attempt, Dispatcher
 from gateway.errors import BackendUnavailableError, GatewayError, ModelNotFoundError
 from gateway.jobs import JobService
 from gateway.live import LiveState
@@ -24,7 +25,7 @@ from gateway.models import (
     RouteDecision,
     Scope,
 )
-from gateway.ports import EndpointInvoker, PolicyStore, UsageStore
+from gateway.ports import EndpointInvoker, PolicyStore, Spans, UsageStore
 from gateway.usage import UsageRecorder
 
 
@@ -72,6 +73,13 @@ class CachedPolicyStore:
         self._all = None
 
 
+class NoSpans:
+    """The default: no tracing."""
+
+    def span(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
 class Gateway:
     def __init__(
         self,
@@ -83,8 +91,10 @@ class Gateway:
         jobs: JobService | None = None,
         live: LiveState | None = None,
         dispatcher: Dispatcher | None = None,
+        spans: Spans | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self._spans = spans or NoSpans()
         self._policies = policies
         self._admission = admission
         self._usage = usage
@@ -123,7 +133,8 @@ class Gateway:
         require_scope(principal, Scope.INVOKE)
         policy = self.policy_for(principal, request.model)
         try:
-            ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
+            with self._spans.span("limit"):
+                ticket = self._admission.admit(principal, policy) if self._admission else Ticket({})
         except GatewayError as error:
             self.metrics.record(policy.model, "limited", error.status, 0.0)
             raise
@@ -155,14 +166,42 @@ class Gateway:
         started: float,
         limited: float,
     ) -> InvocationOutcome:
+        with self._spans.span("route"):
+            steps, targets, media = self._plan(principal, policy, request)
+        routed = self._clock()
+        budget_ms, timeout_ms = routing.budgets(policy, request.hints)
+        now = self.live.now()
+        elapsed_s = routed - started
+        with self._spans.span("backend"):
+            attempt = self.dispatcher.call_sync(
+                steps,
+                targets,
+                request.body,
+                media,
+                request.accept,
+                deadline=now + timeout_ms / 1000 - elapsed_s,
+                budget_end=now + budget_ms / 1000 - elapsed_s,
+            )
+        return self._answer(
+            principal,
+            policy,
+            request,
+            media,
+            targets,
+            attempt,
+            timeout_ms,
+            {"route": (routed - limited) * 1000, "backend": (self._clock() - routed) * 1000},
+        )
+
+    def _plan(
+        self, principal: Principal, policy: ModelPolicy, request: InvocationRequest
+    ) -> tuple[list[RouteDecision], routing.Targets, str]:
         hints = request.hints
         variant = routing.pick_variant(
             policy, hints.sticky_key or principal.key_id, hints.target_variant
         )
         targets = routing.targets_for(policy, variant)
-        budget_ms = float(policy.slo_ms)
-        if hints.latency_budget_ms is not None:
-            budget_ms = min(budget_ms, hints.latency_budget_ms)  # may only tighten
+        budget_ms, _ = routing.budgets(policy, hints)
         facts = routing.RequestFacts(len(request.body), budget_ms, hints.prefer_async)
         views = {
             backend: self.live.view(target)
@@ -174,23 +213,19 @@ class Gateway:
         if steps[0].backend is not Backend.ASYNC:
             # Reject bad input before it costs a backend call.
             payload.check_schema(payload.decode(request.body, media), policy.input)
-        routed = self._clock()
-        timeout_ms = float(policy.timeout_ms)
-        if hints.latency_budget_ms is not None:
-            timeout_ms = min(timeout_ms, float(hints.latency_budget_ms))
-        now = self.live.now()
-        elapsed_s = routed - started
-        attempt = self.dispatcher.call_sync(
-            steps,
-            targets,
-            request.body,
-            media,
-            request.accept,
-            deadline=now + timeout_ms / 1000 - elapsed_s,
-            budget_end=now + budget_ms / 1000 - elapsed_s,
-        )
-        finished = self._clock()
-        timings = {"route": (routed - limited) * 1000, "backend": (finished - routed) * 1000}
+        return steps, targets, media
+
+    def _answer(
+        self,
+        principal: Principal,
+        policy: ModelPolicy,
+        request: InvocationRequest,
+        media: str,
+        targets: routing.Targets,
+        attempt: Attempt,
+        timeout_ms: float,
+        timings: dict[str, float],
+    ) -> InvocationOutcome:
         decision = attempt.decision
         if decision.backend is Backend.ASYNC:
             return self._enqueue(principal, policy, request, media, targets, decision, timings)
@@ -254,6 +289,7 @@ class Gateway:
             variant=targets.variant,
             version=targets.version,
             idempotency_key=request.hints.idempotency_key,
+            correlation_id=request.correlation_id,
         )
         self._count(policy.model, Backend.ASYNC.value)
         location = f"/v1/jobs/{job.job_id}"

@@ -91,10 +91,24 @@ def invoke(model: str):  # type: ignore[no-untyped-def]
         content_type=headers.get("content-type", "application/json"),
         accept=headers.get("accept") or "application/json",
         hints=parse_hints(headers),
+        correlation_id=event.request_context.request_id,
     )
     outcome = bootstrap.gateway().invoke(principal(event), request)
     route = outcome.decision.backend.value
     _golden_signals(model, route, outcome.status, sum(outcome.timings_ms.values()))
+    reason = outcome.decision.reason
+    metrics.add_metric(
+        "Spillover",
+        MetricUnit.Count,
+        int(
+            route == "serverless"
+            and reason in ("realtime-saturated", "realtime-unhealthy", "realtime-too-slow")
+        ),
+    )
+    metrics.add_metric("Fallback", MetricUnit.Count, int(reason.startswith("fallback")))
+    metrics.add_metric(
+        "BackendColdStart", MetricUnit.Count, int("cold-start" in outcome.timings_ms)
+    )
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
     return Response(
         status_code=outcome.status,
@@ -144,6 +158,7 @@ def on_gateway_error(error: GatewayError) -> Response[str]:
             "limited" if error.status == 429 else "rejected" if error.status < 500 else "failed"
         )
         _golden_signals(path.split("/")[3], outcome, error.status, 0.0)
+        metrics.add_metric("Limited", MetricUnit.Count, int(error.status == 429))
     return _problem(error)
 
 

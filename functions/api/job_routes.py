@@ -87,6 +87,7 @@ def create_job(model: str) -> Response[str]:
         str(options.get("accept", "application/x-ndjson")),
         inference_id,
         hints.idempotency_key,
+        correlation_id=event.request_context.request_id,
     )
     body = {**job_view(ticket.job, jobs), "upload": ticket.upload}
     return Response(

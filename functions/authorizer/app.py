@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions import bootstrap
+from functions import bootstrap, tracing
 from gateway.auth import principal_to_context
 from gateway.errors import GatewayError
 
@@ -15,7 +15,8 @@ from gateway.errors import GatewayError
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     headers = event.get("headers") or {}
     try:
-        principal = bootstrap.authenticator().authenticate(headers.get("authorization"))
+        with tracing.spans().span("auth"):
+            principal = bootstrap.authenticator().authenticate(headers.get("authorization"))
     except GatewayError as exc:
         # Only the verdict leaves the authorizer; the reason is for the local front end,
         # which renders it as problem+json (API Gateway itself answers a fixed 403).

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infergw.local.stack import Connection
+from infergw.local.stack import Connection, LocalStack
 
 ROW = [0.0] * 64
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -113,3 +113,36 @@ def test_the_status_page_renders_charts_in_headless_chromium(
         assert f'data-route="{route}"' in dom, route  # a bar in the route-mix chart
     assert "<circle" in dom  # latency points
     assert (ARTIFACTS / "status.png").stat().st_size > 10_000
+
+
+def test_a_job_is_followed_by_its_request_id_from_gateway_to_worker(
+    http: httpx.Client, stack: LocalStack
+) -> None:
+    import json
+    import time
+
+    response = http.post(
+        "/v1/models/digits/invocations", json={"inputs": [ROW]}, headers={"Prefer": "respond-async"}
+    )
+    job_id = response.json()["job_id"]
+    deadline = time.monotonic() + 60
+    log = stack.config.state_dir / "logs" / "worker-0.log"
+    while True:
+        lines = [
+            json.loads(line)
+            for line in log.read_text().splitlines()
+            if line.startswith("{") and job_id in line
+        ]
+        completed = [line for line in lines if line.get("message") == "job completed"]
+        if completed:
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    assert completed[0]["correlation_id"]  # the API request that created the job
+    assert completed[0]["tenant"] == "demo" and completed[0]["rows"] == 1
+    metric = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith('{"_aws"') and '"JobSeconds"' in line
+    ]
+    assert metric, "the job's duration metric was emitted"
