@@ -44,7 +44,8 @@ class PolicyAdmin:
                 errors=[{"field": "model", "message": "must match the path"}],
             )
         try:
-            policy = ModelPolicy.model_validate(document)
+            # Strict: a JSON false is not a revision, "5" is not an SLO.
+            policy = ModelPolicy.model_validate(document, strict=True)
         except ValidationError as exc:
             errors = [
                 {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}

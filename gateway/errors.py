@@ -54,6 +54,10 @@ class ModelNotFoundError(NotFoundError):
     slug, title = "model-not-found", "Unknown model"
 
 
+class MethodNotAllowedError(GatewayError):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+
 class ConflictError(GatewayError):
     status, slug, title = 409, "conflict", "Conflict"
 

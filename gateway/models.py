@@ -141,6 +141,20 @@ class ModelPolicy(BaseModel):
         return "*" in self.allowed_tenants or tenant in self.allowed_tenants
 
 
+class NewKey(BaseModel):
+    """An operator's request for an API key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    scopes: Annotated[list[Scope], Field(min_length=1)] = Field(
+        default_factory=lambda: [Scope.INVOKE]
+    )
+    tier: Literal["free", "standard", "premium"] = "standard"
+    allowed_models: list[str] | None = None
+    environment: Literal["test", "live"] = "test"
+
+
 class ModelSummary(BaseModel):
     """The part of a policy a caller may see."""
 

@@ -9,22 +9,15 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 from functions import bootstrap
 from functions.api.context import json_body, principal
 from gateway.admin import key_summary
-from gateway.models import Scope
+from gateway.errors import InvalidRequestError
+from gateway.models import NewKey, Scope
 
 router = Router()  # type: ignore[no-untyped-call]
-
-
-class NewKey(BaseModel):
-    tenant: Annotated[str, Field(min_length=1, max_length=64)]
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.INVOKE])
-    tier: str = "standard"
-    allowed_models: list[str] | None = None
-    environment: str = "test"
 
 
 def _event() -> APIGatewayProxyEventV2:
@@ -71,8 +64,19 @@ def delete_policy(model: str) -> Response[str]:
 
 
 @router.post("/admin/keys", summary="Issue an API key (shown once)")
-def create_key(body: NewKey) -> Response[str]:
+def create_key() -> Response[str]:
     _admin()
+    # Parsed here, not by powertools' validation: an undecodable body must be a 4xx.
+    try:
+        body = NewKey.model_validate(json_body(_event()))
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+        ]
+        fields = ", ".join(e["field"] for e in errors)
+        raise InvalidRequestError(
+            f"Invalid key request field(s): {fields}.", errors=errors
+        ) from None
     key, record = bootstrap.key_admin().create(
         body.tenant,
         [s.value for s in body.scopes],

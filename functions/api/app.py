@@ -25,7 +25,9 @@ from functions.api.job_routes import router as job_router
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     MalformedRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     all_problem_types,
 )
@@ -164,13 +166,34 @@ def on_gateway_error(error: GatewayError) -> Response[str]:
 
 @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
 def on_validation_error(error: RequestValidationError) -> Response[str]:
-    fields = [".".join(str(p) for p in e.get("loc", ())) for e in error.errors()]
-    return _problem(MalformedRequestError(f"Invalid request: {', '.join(fields)}.", errors=fields))
+    errors = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
+        for e in error.errors()
+    ]
+    fields = ", ".join(e["field"] for e in errors)
+    if any(e.get("type") == "json_invalid" for e in error.errors()):
+        return _problem(MalformedRequestError("The body is not valid JSON.", errors=errors))
+    return _problem(InvalidRequestError(f"Invalid request field(s): {fields}.", errors=errors))
 
 
 @app.not_found
 def on_not_found(_: Exception) -> Response[str]:
     event = app.current_event
+    allowed = sorted(
+        {
+            route.method
+            for route in app._static_routes + app._dynamic_routes
+            if route.rule.match(event.path)
+        }
+    )
+    if allowed:
+        response = _problem(
+            MethodNotAllowedError(
+                f"{event.http_method} is not allowed on {event.path}.", allowed=allowed
+            )
+        )
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
     return _problem(NotFoundError(f"No route for {event.http_method} {event.path}."))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
+from gateway.models import ModelPolicy, NewKey
 from gateway.payload import SUPPORTED_CONTENT_TYPES
 
 _PROBLEM = {
@@ -26,14 +27,28 @@ _ERRORS = {
     "400": "Malformed request",
     "401": "Missing or invalid credentials",
     "403": "Not allowed",
-    "404": "Unknown model",
+    "404": "Unknown model or job (also another tenant's)",
+    "405": "Method not allowed",
+    "409": "Conflict",
     "413": "Too large for a synchronous call",
     "415": "Unsupported content type",
-    "422": "Input does not match the model's schema",
+    "422": "Input does not match the schema",
     "429": "Rate limited",
     "502": "Model backend failed",
     "503": "No backend can serve the request now",
     "504": "Backend timeout",
+}
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+# Success answers powertools cannot infer from the handlers' return annotations.
+_SUCCESS = {
+    ("/v1/models/{model}/invocations", "post"): {
+        "200": "Model outputs",
+        "202": "Accepted as an async job; Location says where to look",
+    },
+    ("/v1/models/{model}/jobs", "post"): {"201": "The job and its presigned upload"},
+    ("/admin/policies/{model}", "put"): {"200": "Updated", "201": "Created"},
+    ("/admin/policies/{model}", "delete"): {"204": "Deleted"},
+    ("/admin/keys", "post"): {"201": "The new key, shown this once"},
 }
 
 
@@ -47,26 +62,57 @@ def _document_json(app: APIGatewayHttpResolver) -> str:
         )
     )
     components = doc.setdefault("components", {})
-    components.setdefault("schemas", {})["Problem"] = _PROBLEM
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = _PROBLEM
+    policy = ModelPolicy.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(policy.pop("$defs", {}))
+    schemas["ModelPolicy"] = policy
+    # The path names the model; the body may repeat it but need not.
+    # The path names the model: the body need not (and, if it does, must agree).
+    body = {**policy, "properties": dict(policy["properties"])}
+    body["properties"].pop("model")
+    body["required"] = [r for r in policy.get("required", []) if r != "model"]
+    schemas["ModelPolicyBody"] = body
+    new_key = NewKey.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(new_key.pop("$defs", {}))
+    schemas["NewKey"] = new_key
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path, operations in doc.get("paths", {}).items():
-        for operation in operations.values():
-            if not path.startswith("/v1/"):
-                continue
+        if not path.startswith(("/v1/", "/admin/")):
+            continue
+        for method, operation in operations.items():
             operation["security"] = [{"bearer": []}]
             responses = operation.setdefault("responses", {})
-            responses.pop("422", None)
+            responses.pop("422", None)  # powertools' validation shape; ours is problem+json
             for status, text in _ERRORS.items():
                 responses.setdefault(status, {"description": text, "content": problem})
+            for status, text in _SUCCESS.get((path, method), {}).items():
+                responses[status] = {"description": text}
+                if status != "204":
+                    responses[status]["content"] = _JSON_OBJECT
+            if (path, method) in _SUCCESS and "200" not in _SUCCESS[(path, method)]:
+                responses.pop("200", None)
             if path.endswith("/invocations"):
                 operation["requestBody"] = {
                     "required": True,
                     "content": {ct: {"schema": {}} for ct in SUPPORTED_CONTENT_TYPES},
                 }
-                responses["200"] = {
-                    "description": "Model outputs",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
+            if path == "/admin/keys" and method == "post":
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/NewKey"}}
+                    },
+                }
+            if path == "/admin/policies/{model}" and method == "put":
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ModelPolicyBody"}
+                        }
+                    },
                 }
     return json.dumps(doc)
 
