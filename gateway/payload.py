@@ -65,6 +65,15 @@ def media_type(content_type: str | None) -> str:
         ) from None
 
 
+def check_encoding(content_encoding: str | None) -> None:
+    """Compressed bodies are refused outright: no decompression, so no gzip bomb."""
+    if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding '{content_encoding[:32]}' is not accepted; send the body "
+            "uncompressed (large inputs: POST /v1/models/{model}/jobs).",
+        )
+
+
 def decode(body: bytes, content_type: str | None) -> Payload:
     kind = media_type(content_type)
     if not body:

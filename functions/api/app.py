@@ -23,6 +23,7 @@ from functions.api.context import headers as request_headers
 from functions.api.context import principal, raw_body
 from functions.api.job_routes import router as job_router
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
+from gateway import payload
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -87,6 +88,7 @@ def get_model(model: str) -> ModelSummary:
 def invoke(model: str):  # type: ignore[no-untyped-def]
     event = app.current_event
     headers = request_headers(event)
+    payload.check_encoding(headers.get("content-encoding"))
     request = InvocationRequest(
         model=model,
         body=raw_body(event),
