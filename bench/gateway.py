@@ -576,6 +576,11 @@ def print_report(
             print(f"| {LABELS[path]} | {busy} | " + " | ".join(cells) + " |")
         print()
 
+    if idle_busy > 0.10:
+        print(
+            f"- WARNING: the machine was {100 * idle_busy:.0f}% busy before any load of ours "
+            "(another job): every figure below and above is lower than this machine can do."
+        )
     verdict("gateway_rps_c8", ",.0f", " requests/s", ">=")
     verdict("added_p50_ms_c1", ".2f", " ms", "<=")
     verdict("added_p99_ms_c8", ".2f", " ms", "<=")
