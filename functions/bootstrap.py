@@ -174,7 +174,10 @@ def build(config: Settings) -> Services:
     jobs = (
         JobService(
             DynamoDBJobStore(dynamodb, config.jobs_table),
-            S3PayloadStore(aws.client("s3"), config.bucket),
+            S3PayloadStore(
+                aws.client("s3", read_timeout=5, retries={"mode": "standard", "max_attempts": 2}),
+                config.bucket,
+            ),
         )
         if config.jobs_table and config.bucket
         else None

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.errors import ForbiddenError, UnauthenticatedError
+from gateway.errors import DependencyUnavailableError, ForbiddenError, UnauthenticatedError
 from gateway.models import ApiKeyRecord, Principal
 from gateway.ports import KeyStore
 
@@ -62,8 +62,10 @@ class ApiKeyAuthenticator:
         cache_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         touch: Callable[[str, str], None] | None = None,
+        stale_s: float = 300.0,
     ) -> None:
         self._keys = keys
+        self._stale_s = stale_s
         self._ttl = cache_ttl_s
         self._clock = clock
         self._touch = touch
@@ -91,7 +93,14 @@ class ApiKeyAuthenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = self._keys.get(digest)
+        try:
+            record = self._keys.get(digest)
+        except DependencyUnavailableError:
+            # The key store is away: a key known a moment ago still counts, for a while,
+            # rather than locking every caller out (a revocation waits for the store).
+            if cached is not None and now - cached[0] < self._stale_s:
+                return cached[1]
+            raise
         if record is not None and self._touch is not None:
             # "Last used" is refreshed once per cache period, off the request path.
             self._touch(record.key_id, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

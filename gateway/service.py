@@ -11,7 +11,12 @@ from gateway import payload, routing
 from gateway.admission import Admission, Ticket
 from gateway.auth import require_scope
 from gateway.dispatch import Attempt, Dispatcher
-from gateway.errors import BackendUnavailableError, GatewayError, ModelNotFoundError
+from gateway.errors import (
+    BackendUnavailableError,
+    DependencyUnavailableError,
+    GatewayError,
+    ModelNotFoundError,
+)
 from gateway.jobs import JobService
 from gateway.live import LiveState
 from gateway.metrics import RequestMetrics
@@ -34,9 +39,14 @@ class CachedPolicyStore:
     everywhere within that time, and the hot path pays no store round trip."""
 
     def __init__(
-        self, inner: PolicyStore, ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        inner: PolicyStore,
+        ttl_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        stale_s: float = 300.0,
     ) -> None:
         self._inner = inner
+        self._stale_s = stale_s
         self._ttl = ttl_s
         self._clock = clock
         self._entries: dict[str, tuple[float, ModelPolicy | None]] = {}
@@ -47,7 +57,14 @@ class CachedPolicyStore:
         hit = self._entries.get(model)
         if hit is not None and hit[0] > now:
             return hit[1]
-        policy = self._inner.get(model)
+        try:
+            policy = self._inner.get(model)
+        except DependencyUnavailableError:
+            # The store is away: the last known policy keeps serving for a while (a change
+            # made meanwhile waits for the store), rather than failing every request.
+            if hit is not None and now - hit[0] < self._stale_s:
+                return hit[1]
+            raise
         if len(self._entries) > 10_000:  # unknown model names must not grow memory forever
             self._entries.clear()
         self._entries[model] = (now + self._ttl, policy)

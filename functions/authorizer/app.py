@@ -20,5 +20,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except GatewayError as exc:
         # Only the verdict leaves the authorizer; the reason is for the local front end,
         # which renders it as problem+json (API Gateway itself answers a fixed 403).
-        return {"isAuthorized": False, "context": {"reason": exc.detail, "status": exc.status}}
+        context = {"reason": exc.detail, "status": exc.status}
+        if exc.retry_after_s is not None:
+            context["retry_after_s"] = exc.retry_after_s
+        return {"isAuthorized": False, "context": context}
     return {"isAuthorized": True, "context": principal_to_context(principal)}

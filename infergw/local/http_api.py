@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from functions.problems import problem_body, problem_headers
 from gateway.errors import (
+    DependencyUnavailableError,
     ForbiddenError,
     GatewayError,
     PayloadTooLargeError,
@@ -140,8 +141,16 @@ class LocalHttpApi:
             cached = self._verdicts[identity] = (now + self._ttl, verdict)
         verdict = cached[1]
         if not verdict.get("isAuthorized"):
-            reason = str(verdict.get("context", {}).get("reason", "Not authorized."))
-            if verdict.get("context", {}).get("status") == 401:
+            context = verdict.get("context", {})
+            reason = str(context.get("reason", "Not authorized."))
+            if context.get("status") == 503:
+                # The authorizer could not decide (its store is away): not a verdict to
+                # cache, and not the caller's fault.
+                self._verdicts.pop(identity, None)
+                raise DependencyUnavailableError(
+                    reason, retry_after_s=float(context.get("retry_after_s", 1))
+                )
+            if context.get("status") == 401:
                 raise UnauthenticatedError(reason)
             raise ForbiddenError(reason)
         return dict(verdict.get("context", {}))
