@@ -6,9 +6,9 @@ hangs past its timeouts, and recovers by itself. No job is lost."""
 from __future__ import annotations
 
 import signal
-from collections import Counter
 import threading
 import time
+from collections import Counter
 
 import httpx
 
