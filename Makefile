@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 
-.PHONY: up test lint bench clean sam-validate sam-build
+.PHONY: up test lint bench soak clean sam-validate sam-build
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON)"; exit 1; }
@@ -23,6 +23,18 @@ up: $(STAMP)
 ## run the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## every benchmark (results in bench/results/, tables printed)
+bench: $(STAMP)
+	$(BIN)/python bench/decision.py
+	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/async_latency.py --quick
+	$(BIN)/python bench/gateway.py --quick
+
+## ten minutes of mixed traffic: rate held, 5xx, memory growth, jobs lost
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 10
 
 ## static checks
 lint: $(STAMP)
