@@ -11,15 +11,17 @@
 -- "Non-2xx or 3xx responses": wrk counts status > 399). With WRK_COUNT_HEADER set (in the
 -- environment only: wrk decides whether to parse response headers from its main Lua state,
 -- where init() never runs), each thread also tallies that response header's values (e.g.
--- x-inference-route); off by default, since a response() callback costs wrk some time on
--- every response.
+-- x-inference-route) and the status codes; off by default, since a response() callback
+-- costs wrk some time on every response.
 
 local threads = {}
 local count_header = os.getenv("WRK_COUNT_HEADER")
 if count_header == "" then
   count_header = nil
 end
-tally = {} -- global: read from each thread by done() through thread:get("tally")
+-- globals: done() reads them from each thread through thread:get()
+tally = {}
+statuses = {}
 
 local function read_file(path)
   local f = assert(io.open(path, "rb"), "cannot open body file " .. tostring(path))
@@ -68,6 +70,7 @@ if count_header then
     end
     value = value or "(none)"
     tally[value] = (tally[value] or 0) + 1
+    statuses[status] = (statuses[status] or 0) + 1
   end
 end
 
@@ -77,10 +80,10 @@ local function json_string(s)
   end) .. '"'
 end
 
-function done(summary, latency, requests)
+local function merged(name)
   local counts = {}
   for _, thread in ipairs(threads) do
-    local t = thread:get("tally")
+    local t = thread:get(name)
     if type(t) == "table" then
       for value, n in pairs(t) do
         counts[value] = (counts[value] or 0) + n
@@ -91,14 +94,18 @@ function done(summary, latency, requests)
   for value, n in pairs(counts) do
     table.insert(parts, json_string(value) .. ":" .. n)
   end
+  return table.concat(parts, ",")
+end
+
+function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRK_JSON {"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,' ..
     '"requests":%d,"duration_us":%d,"requests_per_s":%.2f,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"header_counts":{%s}}\n',
+    '"header_counts":{%s},"status_counts":{%s}}\n',
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
     latency.mean, summary.requests, summary.duration,
     summary.requests / (summary.duration / 1e6), summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout, table.concat(parts, ",")))
+    e.connect, e.read, e.write, e.status, e.timeout, merged("tally"), merged("statuses")))
 end
