@@ -765,7 +765,7 @@ def main() -> None:
     parser.add_argument(
         "--retry-budget",
         type=float,
-        default=120.0,
+        default=60.0,
         help="seconds in all to wait for a busy machine to calm down before re-measuring",
     )
     parser.add_argument(
