@@ -454,6 +454,7 @@ def profile(
     seconds: int,
     workdir: Path,
     top: int,
+    meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
     """Sample ``pid`` with py-spy for ``seconds`` while wrk loads ``target`` at c=8.
 
@@ -465,7 +466,7 @@ def profile(
         return {"process": name, "error": "py-spy not installed (.venv/bin/pip install py-spy)"}
     raw_file = workdir / f"profile-{name}.txt"
     wrk_seconds = seconds + 3
-    with concurrent_wrk(target, 8, wrk_seconds, body_file) as load:
+    with concurrent_wrk(target, 8, wrk_seconds, body_file, meter) as load:
         time.sleep(1)  # wrk connected and the gateway busy before sampling starts
         spy_out = subprocess.run(
             [
@@ -495,6 +496,7 @@ def profile(
         "rate_hz": PROFILE_HZ,
         "mode": "py-spy record --gil (samples of the GIL-holding thread)",
         "load": load.result,
+        "contended": contended(load.result or {}),
     }
     if spy_out.returncode != 0 or not raw_file.exists():
         result["error"] = f"py-spy record failed: {(spy_out.stderr or spy_out.stdout).strip()}"
@@ -515,15 +517,20 @@ class _Load:
 
 @contextlib.contextmanager
 def concurrent_wrk(
-    target: Target, concurrency: int, seconds: int, body_file: Path
+    target: Target,
+    concurrency: int,
+    seconds: int,
+    body_file: Path,
+    meter: CpuMeter | None = None,
 ) -> Iterator[_Load]:
-    """wrk in a background thread for the duration of the block (and until it finishes)."""
+    """wrk in a background thread for the duration of the block (and until it finishes).
+    The meter's 'wrk' then also counts py-spy (a child reaped meanwhile): ours, not other."""
     load = _Load()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            load.result = wrk(target, concurrency, seconds, body_file)
+            load.result = wrk(target, concurrency, seconds, body_file, meter)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -698,6 +705,7 @@ def print_report(
             f"py-spy --gil, {p['seconds']} s at {p['rate_hz']} Hz, {p['samples']} samples: "
             f"the GIL was held {100 * p['gil_held_fraction']:.0f}% of the time; load "
             f"meanwhile {load.get('requests_per_s', 0):,.0f} requests/s"
+            + (" (CONTENDED: another job used part of the machine)" if p["contended"] else "")
         )
         print()
         print("| share of GIL time | layer (innermost matching frame) |")
@@ -882,6 +890,7 @@ def main() -> None:
                             args.profile_seconds,
                             workdir,
                             args.profile_top,
+                            meter,
                         )
                     )
 
