@@ -16,7 +16,7 @@ from enum import Enum
 
 from aws_lambda_powertools import Logger
 
-from async_worker.metrics import emf
+from gateway.adapters.emf import emf
 from gateway.errors import DependencyUnavailableError, GatewayError
 from gateway.jobs import FINISHED, Job, JobStatus
 from gateway.notifications import for_job

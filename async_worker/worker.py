@@ -12,8 +12,8 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
 from async_worker.messages import job_ids
-from async_worker.metrics import emf
 from async_worker.runner import JobRunner, Outcome
+from gateway.adapters.emf import emf
 from gateway.errors import DependencyUnavailableError
 from gateway.jobs import FINISHED, expire_uploads
 from gateway.ports import JobStore

@@ -5,16 +5,21 @@ Parse, call the core, return: decisions live in ``gateway``, HTTP mapping of err
 
 from __future__ import annotations
 
+import base64
 import json
-import warnings
+import os
+import re
+import threading
+import time
 from typing import Annotated, Any
+from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from functions import bootstrap
 from functions.api import openapi
@@ -24,6 +29,7 @@ from functions.api.context import principal, raw_body
 from functions.api.job_routes import router as job_router
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
 from gateway import payload
+from gateway.adapters.emf import emf
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -36,9 +42,7 @@ from gateway.hints import parse_hints
 from gateway.models import InvocationRequest, ModelSummary
 
 logger = Logger(service="infergw-api")
-metrics = Metrics(namespace="infergw", service="gateway")
-# Most routes emit no metric; that is expected, not worth a warning per request.
-warnings.filterwarnings("ignore", message="No application metrics to publish")
+
 app = APIGatewayHttpResolver(enable_validation=True)
 app.enable_swagger(path="/docs", title="infergw", version="1")
 app.include_router(admin_router)
@@ -83,48 +87,81 @@ def get_model(model: str) -> ModelSummary:
         "or .npy) on the backend the router picks; `X-Inference-Route` says which and why."
     ),
 )
-# No return annotation on purpose: powertools validates annotated responses, and its
-# encoder would decode a binary model output as text.
+# Documents the operation; requests are answered by `invoke_event` before routing (see
+# `handler`). No return annotation: powertools would validate, and decode binary output.
 def invoke(model: str):  # type: ignore[no-untyped-def]
-    event = app.current_event
-    headers = request_headers(event)
-    payload.check_encoding(headers.get("content-encoding"))
-    request = InvocationRequest(
-        model=model,
-        body=raw_body(event),
-        content_type=headers.get("content-type", "application/json"),
-        accept=headers.get("accept") or "application/json",
-        hints=parse_hints(headers),
-        correlation_id=event.request_context.request_id,
-    )
-    outcome = bootstrap.gateway().invoke(principal(event), request)
-    route = outcome.decision.backend.value
-    _golden_signals(model, route, outcome.status, sum(outcome.timings_ms.values()))
+    return Response(**invoke_event(app.current_event, model))
+
+
+def invoke_event(event: APIGatewayProxyEventV2, model: str) -> dict[str, Any]:
+    """The hot path, free of powertools' per-request state (kept on the resolver class),
+    so that one process may serve many invocations at once (the container mode)."""
+    started = time.perf_counter()
+    try:
+        headers = request_headers(event)
+        payload.check_encoding(headers.get("content-encoding"))
+        request = InvocationRequest(
+            model=model,
+            body=raw_body(event),
+            content_type=headers.get("content-type", "application/json"),
+            accept=headers.get("accept") or "application/json",
+            hints=parse_hints(headers),
+            correlation_id=event.request_context.request_id,
+        )
+        outcome = bootstrap.gateway().invoke(principal(event), request)
+    except GatewayError as error:
+        route = "limited" if error.status == 429 else "rejected" if error.status < 500 else "failed"
+        _signals(model, route, error.status, (time.perf_counter() - started) * 1000)
+        return {
+            "status_code": error.status,
+            "content_type": PROBLEM_JSON,
+            "body": problem_body(error, instance=event.path),
+            "headers": problem_headers(error),
+        }
     reason = outcome.decision.reason
-    metrics.add_metric(
-        "Spillover",
-        MetricUnit.Count,
-        int(
-            route == "serverless"
-            and reason in ("realtime-saturated", "realtime-unhealthy", "realtime-too-slow")
-        ),
-    )
-    metrics.add_metric("Fallback", MetricUnit.Count, int(reason.startswith("fallback")))
-    metrics.add_metric(
-        "BackendColdStart", MetricUnit.Count, int("cold-start" in outcome.timings_ms)
+    route = outcome.decision.backend.value
+    _signals(
+        model,
+        route,
+        outcome.status,
+        (time.perf_counter() - started) * 1000,
+        Spillover=int(route == "serverless" and reason.startswith("realtime-")),
+        Fallback=int(reason.startswith("fallback")),
+        BackendColdStart=int("cold-start" in outcome.timings_ms),
     )
     timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
-    return Response(
-        status_code=outcome.status,
-        content_type=outcome.content_type,
-        body=outcome.body.decode() if outcome.content_type.endswith("json") else outcome.body,
-        headers={
+    return {
+        "status_code": outcome.status,
+        "content_type": outcome.content_type,
+        "body": outcome.body.decode() if outcome.content_type.endswith("json") else outcome.body,
+        "headers": {
             **outcome.headers,
             "X-Inference-Route": outcome.decision.header(),
             "X-Model-Variant": outcome.decision.variant,
             "X-Model-Version": outcome.model_version,
             "Server-Timing": timing,
         },
+    }
+
+
+def _signals(model: str, route: str, status: int, latency_ms: float, **extra: int) -> None:
+    """EMF, one line per invocation: traffic, errors, latency per model and route, and the
+    router's spillover, fallback and cold-start counts."""
+    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
+        return
+    print(
+        emf(
+            {
+                "Requests": 1,
+                "Errors": int(status >= 500),
+                "Limited": int(status == 429),
+                "Latency": round(latency_ms, 3),
+                **extra,
+            },
+            model=model,
+            route=route,
+        ),
+        flush=True,
     )
 
 
@@ -133,16 +170,6 @@ def usage(
     since: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
 ) -> list[dict[str, Any]]:
     return bootstrap.gateway().usage(principal(app.current_event), None, since)
-
-
-def _golden_signals(model: str, route: str, status: int, latency_ms: float) -> None:
-    """EMF: traffic, errors and latency per model and route (saturation is the limiter's
-    and the breakers' business, in their own metrics)."""
-    metrics.add_dimension("model", model)
-    metrics.add_dimension("route", route)
-    metrics.add_metric("Requests", MetricUnit.Count, 1)
-    metrics.add_metric("Errors", MetricUnit.Count, int(status >= 500))
-    metrics.add_metric("Latency", MetricUnit.Milliseconds, latency_ms)
 
 
 def _problem(error: GatewayError) -> Response[str]:
@@ -156,13 +183,6 @@ def _problem(error: GatewayError) -> Response[str]:
 
 @app.exception_handler(GatewayError)  # type: ignore[untyped-decorator]
 def on_gateway_error(error: GatewayError) -> Response[str]:
-    path = app.current_event.path
-    if path.startswith("/v1/models/") and path.endswith("/invocations"):
-        outcome = (
-            "limited" if error.status == 429 else "rejected" if error.status < 500 else "failed"
-        )
-        _golden_signals(path.split("/")[3], outcome, error.status, 0.0)
-        metrics.add_metric("Limited", MetricUnit.Count, int(error.status == 429))
     return _problem(error)
 
 
@@ -206,9 +226,26 @@ def on_unexpected(error: Exception) -> Response[str]:
     return _problem(GatewayError("The gateway failed unexpectedly; the error was logged."))
 
 
+_INVOCATION = re.compile(r"^/v1/models/([^/]+)/invocations$")
+# powertools keeps the event being resolved in class-level state: one resolve at a time.
+_resolving = threading.Lock()
+
+
 @logger.inject_lambda_context(
     clear_state=True, correlation_id_path=correlation_paths.API_GATEWAY_HTTP
 )
-@metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return app.resolve(event, context)
+    proxy = APIGatewayProxyEventV2(event)
+    match = _INVOCATION.match(proxy.path)
+    if match and proxy.request_context.http.method == "POST":
+        answer = invoke_event(proxy, unquote(match.group(1)))
+        body = answer["body"]
+        binary = isinstance(body, bytes)
+        return {
+            "statusCode": answer["status_code"],
+            "headers": {"Content-Type": answer["content_type"], **answer["headers"]},
+            "body": base64.b64encode(body).decode() if binary else body,
+            "isBase64Encoded": binary,
+        }
+    with _resolving:
+        return app.resolve(event, context)

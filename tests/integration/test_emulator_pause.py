@@ -26,21 +26,28 @@ def test_the_gateway_degrades_and_recovers_when_aws_pauses(
     stop = threading.Event()
 
     def traffic(kind: str) -> None:
-        with httpx.Client(base_url=str(http.base_url), headers=dict(http.headers),
-                          timeout=60) as client:
+        with httpx.Client(
+            base_url=str(http.base_url), headers=dict(http.headers), timeout=60
+        ) as client:
             while not stop.is_set():
                 headers = {"Prefer": "respond-async"} if kind == "async" else {}
                 started = time.monotonic()
-                response = client.post("/v1/models/digits/invocations",
-                                       json={"inputs": [ROW]}, headers=headers)
-                results.append((kind, response.status_code, time.monotonic() - started,
-                                response.headers.get("retry-after")))
+                response = client.post(
+                    "/v1/models/digits/invocations", json={"inputs": [ROW]}, headers=headers
+                )
+                results.append(
+                    (
+                        kind,
+                        response.status_code,
+                        time.monotonic() - started,
+                        response.headers.get("retry-after"),
+                    )
+                )
                 if response.status_code == 202:
                     accepted.append(response.json()["job_id"])
                 stop.wait(0.2)
 
-    threads = [threading.Thread(target=traffic, args=(kind,))
-               for kind in ("sync", "sync", "async")]
+    threads = [threading.Thread(target=traffic, args=(kind,)) for kind in ("sync", "sync", "async")]
     for t in threads:
         t.start()
     try:
@@ -58,8 +65,12 @@ def test_the_gateway_degrades_and_recovers_when_aws_pauses(
     for t in threads:
         t.join()
 
-    print("pause:", sorted(Counter((k, s) for k, s, _, _ in results).items()),
-          "max s", round(max(x for _, _, x, _ in results), 1))
+    print(
+        "pause:",
+        sorted(Counter((k, s) for k, s, _, _ in results).items()),
+        "max s",
+        round(max(x for _, _, x, _ in results), 1),
+    )
     assert {status for _, status, _, _ in results} <= {200, 202, 503}, results
     assert all(retry for _, status, _, retry in results if status == 503), results
     assert max(seconds for _, _, seconds, _ in results) < 20, results  # bounded by timeouts

@@ -115,3 +115,34 @@ def test_models_listing_shows_policy_summaries(http: httpx.Client) -> None:
     digits = http.get("/v1/models/digits").json()
     assert digits["input"]["features"] == 64
     assert digits["backends"] == ["realtime", "serverless", "async"]
+
+
+def test_concurrent_requests_never_mix(conn: Connection, models_dir: Path) -> None:
+    """One gateway process serves many invocations at once: each answer must be its own
+    request's (model, rows), not a neighbour's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    digits = digits_split().x_test[:40]
+    cancer = breast_cancer_split().x_test[:40]
+    expected = {
+        "digits": _direct(models_dir, "digits", digits)[0].tolist(),
+        "breast-cancer": _direct(models_dir, "breast-cancer", cancer)[0].tolist(),
+    }
+    rows = {"digits": digits.tolist(), "breast-cancer": cancer.tolist()}
+
+    def call(i: int) -> tuple[str, int, dict]:
+        model = "digits" if i % 2 else "breast-cancer"
+        with httpx.Client(
+            base_url=conn.gateway_url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {conn.api_key}"},
+        ) as client:
+            response = client.post(
+                f"/v1/models/{model}/invocations", json={"inputs": [rows[model][i % 40]]}
+            )
+        return model, i % 40, response.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        for model, index, body in pool.map(call, range(160)):
+            assert body["model"] == model, (model, body)
+            assert body["predictions"][0]["label"] == expected[model][index]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from async_worker.metrics import emf
+from gateway.adapters.emf import emf
 
 
 def test_emf_line_declares_every_metric_with_its_dimension() -> None:

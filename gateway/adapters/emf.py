@@ -1,12 +1,13 @@
-"""CloudWatch embedded metric format: a JSON line on stdout that the awslogs driver turns
-into metrics (namespace ``infergw``) without an API call from the worker."""
+"""CloudWatch embedded metric format: one JSON line on stdout that CloudWatch Logs (Lambda,
+or the awslogs driver on ECS) turns into metrics in the ``infergw`` namespace, without an
+API call and without shared state between concurrent requests."""
 
 from __future__ import annotations
 
 import json
 import time
 
-_UNITS = {"JobSeconds": "Seconds", "JobAgeSeconds": "Seconds"}
+_UNITS = {"JobSeconds": "Seconds", "JobAgeSeconds": "Seconds", "Latency": "Milliseconds"}
 
 
 def emf(metrics: dict[str, float], **dimensions: str) -> str:
