@@ -10,7 +10,6 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
 from gateway.models import ModelPolicy, NewKey
-from gateway.payload import SUPPORTED_CONTENT_TYPES
 
 _PROBLEM = {
     "type": "object",
@@ -37,6 +36,20 @@ _ERRORS = {
     "502": "Model backend failed",
     "503": "No backend can serve the request now",
     "504": "Backend timeout",
+}
+_ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+# The canonical media types (aliases such as text/json are accepted but not listed).
+_INVOCATION_BODIES = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "description": "rows as `inputs` or `instances`, or an OIP v2 request",
+            "properties": {"inputs": _ROWS, "instances": _ROWS},
+        }
+    },
+    "text/csv": {"schema": {"type": "string", "description": "one row of numbers per line"}},
+    "application/x-ndjson": {"schema": {"type": "string", "description": "a JSON array per line"}},
+    "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
 }
 _JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 # Success answers powertools cannot infer from the handlers' return annotations.
@@ -94,10 +107,7 @@ def _document_json(app: APIGatewayHttpResolver) -> str:
             if (path, method) in _SUCCESS and "200" not in _SUCCESS[(path, method)]:
                 responses.pop("200", None)
             if path.endswith("/invocations"):
-                operation["requestBody"] = {
-                    "required": True,
-                    "content": {ct: {"schema": {}} for ct in SUPPORTED_CONTENT_TYPES},
-                }
+                operation["requestBody"] = {"required": True, "content": _INVOCATION_BODIES}
             if path == "/admin/keys" and method == "post":
                 operation["requestBody"] = {
                     "required": True,
