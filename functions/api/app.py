@@ -236,7 +236,11 @@ _resolving = threading.Lock()
 )
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     proxy = APIGatewayProxyEventV2(event)
-    match = _INVOCATION.match(proxy.path)
+    path = proxy.path
+    stage = proxy.request_context.stage
+    if stage and stage != "$default" and path.startswith(f"/{stage}/"):
+        path = path[len(stage) + 1 :]  # as powertools strips a named stage
+    match = _INVOCATION.match(path)
     if match and proxy.request_context.http.method == "POST":
         answer = invoke_event(proxy, unquote(match.group(1)))
         body = answer["body"]
