@@ -388,7 +388,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rate limit (admission, leases)", ("(gateway/ratelimit", "(gateway/admission", "_limits")),
     ("auth (authorizer, key cache)", ("_authorize (", "(functions/authorizer", "(gateway/auth")),
     ("DynamoDB reads/writes (policies, usage, keys)", ("(gateway/adapters/dynamodb",)),
-    ("metrics (EMF)", ("cloudwatch_emf", "powertools/metrics", "_golden_signals", "/metrics.py")),
+    (
+        "metrics (EMF)",
+        ("cloudwatch_emf", "powertools/metrics", "_golden_signals", "adapters/emf", "/metrics.py"),
+    ),
     ("logging (powertools Logger, logging)", ("powertools/logging", "(logging/")),
     ("gateway core (policy cache, routing, payload)", ("(gateway/",)),
     ("powertools event handler + OpenAPI validation", ("event_handler/", "(pydantic")),
