@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -202,6 +201,3 @@ def agree(primary: bytes, shadow: bytes) -> bool:
     if labelled and all(isinstance(x, dict) and "label" in x for x in a + b):
         return [x["label"] for x in a] == [x["label"] for x in b]
     return bool(a == b)
-
-
-Clock = Callable[[], float]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -265,10 +265,6 @@ class JobService:
         if key is None:
             return None
         return self._jobs.find_by_idempotency_key(principal.tenant, key)
-
-
-def with_updates(job: Job, **updates: Any) -> Job:
-    return replace(job, **updates)
 
 
 def expire_uploads(jobs: JobStore, now: float) -> list[Job]:

@@ -120,7 +120,6 @@ class Gateway:
         self.live = live or LiveState()
         self.dispatcher = dispatcher or Dispatcher(invoker, self.live)
         self._clock = clock
-        self.routes: dict[tuple[str, str], int] = {}  # (model, route) -> count
         self.metrics = RequestMetrics()
 
     def list_models(self, principal: Principal) -> list[ModelSummary]:
@@ -250,7 +249,6 @@ class Gateway:
             raise attempt.error or BackendUnavailableError(
                 f"No backend of '{policy.model}' answered in time.", retry_after_s=1
             )
-        self._count(policy.model, decision.backend.value)
         if attempt.reply.cold_start_ms is not None:
             timings["cold-start"] = attempt.reply.cold_start_ms
         if policy.shadow is not None:
@@ -308,7 +306,6 @@ class Gateway:
             idempotency_key=request.hints.idempotency_key,
             correlation_id=request.correlation_id,
         )
-        self._count(policy.model, Backend.ASYNC.value)
         location = f"/v1/jobs/{job.job_id}"
         body = json.dumps(
             {
@@ -329,10 +326,6 @@ class Gateway:
             if request.hints.prefer_async
             else {"Location": location},
         )
-
-    def _count(self, model: str, route: str) -> None:
-        key = (model, route)
-        self.routes[key] = self.routes.get(key, 0) + 1
 
     def policy_for(self, principal: Principal, model: str) -> ModelPolicy:
         policy = self._policies.get(model)

@@ -117,7 +117,8 @@ def stats() -> dict[str, Any]:
         "backends": gateway.live.snapshot(),
         "routes": [
             {"model": model, "route": route, "count": count}
-            for (model, route), count in sorted(gateway.routes.items())
+            for (model, route, status), count in sorted(gateway.metrics.counts.items())
+            if status < 400
         ],
         "fallbacks": gateway.dispatcher.fallbacks,
         "shadow": {

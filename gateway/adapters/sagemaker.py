@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -105,8 +106,6 @@ def _translate(endpoint: str, exc: ClientError) -> Exception:
 
 def _model_message(raw: str) -> str:
     """The model server's own error text, when it sent a problem document."""
-    import json
-
     try:
         doc = json.loads(raw)
     except ValueError:

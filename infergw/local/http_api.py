@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 from starlette.types import Receive, Scope, Send
@@ -239,8 +240,6 @@ def _event(
 
 
 def _query(query: str) -> dict[str, str]:
-    from urllib.parse import parse_qsl
-
     out: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         out[key] = f"{out[key]},{value}" if key in out else value

@@ -200,9 +200,6 @@ class LocalStack:
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for n, p in self._procs if n == name)
 
-    def pids(self) -> list[int]:
-        return [p.pid for _, p in self._procs]
-
     def __enter__(self) -> LocalStack:
         self.start()
         return self
