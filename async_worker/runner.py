@@ -14,15 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 from aws_lambda_powertools import Logger
 
 from gateway.adapters.emf import emf
 from gateway.errors import DependencyUnavailableError, GatewayError
 from gateway.jobs import FINISHED, Job, JobStatus
 from gateway.notifications import for_job
-from gateway.ports import JobStore, Notifier, ObjectStore
+from gateway.ports import JobStore, Notifier, ObjectStore, ObjectWriter
 from model_runtime.onnx_model import OnnxModel
-from model_runtime.streaming import OutputWriter, iter_batches
+from model_runtime.streaming import NPY, OutputWriter, read_batches
 
 # Structured JSON logs; every line about a job carries its id and the API request id that
 # created it, so one search follows a job through gateway, queue and worker.
@@ -163,28 +164,44 @@ class JobRunner:
         if self._objects.size(f"models/{job.model}/{job.version}/model.onnx") is None:
             raise _BadInput(f"Model {job.model} version {job.version} has no artifact.")
         model = self._models.get(job.model, job.version)
-        out = OutputWriter(job.accept)
-        writer = self._objects.writer(job.output_key, out.content_type)
+        stream = self._objects.open(job.input_key)
+        out: OutputWriter | None = None
+        writer: ObjectWriter | None = None
         done = 0
         last_progress = self._clock()
         try:
-            stream = self._objects.open(job.input_key)
-            for _first, matrix in iter_batches(
+            # An .npy input's header is read here: a bad one fails the job before any output.
+            batches = read_batches(
                 stream, job.content_type, self.config.batch_rows, model.info.features
-            ):
+            )
+            out = OutputWriter(job.accept, rows=batches.rows)
+            writer = self._objects.writer(job.output_key, out.content_type)
+            for _first, matrix in batches:
                 if self.shutting_down.is_set():
                     raise _Stop("shutdown")
-                writer.write(out.batch(model.predict(matrix)))
+                chunk = out.batch(model.predict(matrix))
+                if chunk:
+                    writer.write(chunk)
                 done += len(matrix)
                 now = self._clock()
                 if now - last_progress >= self.config.progress_every_s:
-                    job = self._progress(job, done, now)
+                    job = self._progress(job, done, batches.rows, now)
                     last_progress = now
-            writer.write(out.end())
+            if not out.started and out.content_type == NPY:
+                # No rows: the .npy header still needs the output's dtype and row shape.
+                empty = np.zeros((0, model.info.features or 0), dtype=np.float32)
+                writer.write(out.batch(model.predict(empty)))
+            for chunk in out.end():
+                writer.write(chunk)
             writer.commit()
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
+        finally:
+            if out is not None:
+                out.close()
+            stream.close()
         now = self._clock()
         completed = self._jobs.transition(
             job,
@@ -207,8 +224,13 @@ class JobRunner:
         print(emf(_job_metrics(completed), model=job.model), flush=True)
         self._notify(completed, out.content_type)
 
-    def _progress(self, job: Job, done: int, now: float) -> Job:
-        updated = self._jobs.update(job, records_done=done, lease_expires=now + self.config.lease_s)
+    def _progress(self, job: Job, done: int, total: int | None, now: float) -> Job:
+        updated = self._jobs.update(
+            job,
+            records_done=done,
+            records_total=total if total is not None else job.records_total,
+            lease_expires=now + self.config.lease_s,
+        )
         if updated is not None:
             return updated
         current = self._jobs.get(job.job_id)

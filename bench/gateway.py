@@ -50,13 +50,17 @@ BENCH = Path(__file__).resolve().parent
 LUA = BENCH / "wrk_post.lua"
 ENDPOINT = "digits-realtime"
 MODEL = "digits"
-PATHS = ("direct", "endpoint", "nginx", "gateway")
+PATHS = ("direct", "endpoint", "nginx", "gateway", "gateway-sm")
 LABELS = {
     "direct": "(a) direct: model server",
     "endpoint": "(a2) endpoint host (SageMaker runtime)",
     "nginx": "(b) nginx -> model server",
-    "gateway": "(c) gateway (auth + limit + route)",
+    "gateway": "(c) gateway (auth + limit + route) -> model server",
+    "gateway-sm": "(c2) gateway -> SageMaker runtime -> model server",
 }
+# The headline path's policy: the digits model's container reached directly (protocol
+# "container"), one hop like nginx's; capacity enough to keep c=32 on the realtime path.
+DIRECT_MODEL = "digits-direct"
 # The issue's goals on this machine.
 GOAL_GATEWAY_RPS_C8 = 5_000.0
 GOAL_ADDED_P50_MS_C1 = 1.0
@@ -344,6 +348,29 @@ def model_server(runtime_url: str) -> tuple[str, int]:
     return str(instances[0]), int(pids[0])
 
 
+def add_direct_policy(gateway_url: str, admin_key: str, container_url: str) -> None:
+    policy = {
+        "version": "1",
+        "slo_ms": 300,
+        "timeout_ms": 5000,
+        "input": {"features": 64},
+        "realtime": {
+            "endpoint_name": "digits-container",
+            "protocol": "container",
+            "url": container_url,
+            "capacity": 64,
+        },
+    }
+    reply = httpx.put(
+        f"{gateway_url}/admin/policies/{DIRECT_MODEL}",
+        json=policy,
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=30,
+    )
+    if reply.status_code not in (200, 201):
+        raise RuntimeError(f"policy {DIRECT_MODEL}: {reply.status_code} {reply.text[:500]}")
+
+
 def check(target: Target, body: bytes) -> str:
     """One request through the target before any load: it must answer 200 with a label."""
     headers = {"Content-Type": "application/json"}
@@ -600,10 +627,11 @@ def goals(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
         out["gateway_over_nginx_rps_c8"] = gw8["requests_per_s"] / nginx8["requests_per_s"]
     # Informative: the gateway's own share, without the SageMaker-runtime hop it goes through.
     endpoint1, endpoint8 = get("endpoint", 1), get("endpoint", 8)
-    if gw1 and endpoint1:
-        out["gateway_minus_endpoint_p50_ms_c1"] = gw1["p50_ms"] - endpoint1["p50_ms"]
-    if gw8 and endpoint8:
-        out["gateway_minus_endpoint_p99_ms_c8"] = gw8["p99_ms"] - endpoint8["p99_ms"]
+    sm1, sm8 = get("gateway-sm", 1), get("gateway-sm", 8)
+    if sm1 and endpoint1:
+        out["gateway_minus_endpoint_p50_ms_c1"] = sm1["p50_ms"] - endpoint1["p50_ms"]
+    if sm8 and endpoint8:
+        out["gateway_minus_endpoint_p99_ms_c8"] = sm8["p99_ms"] - endpoint8["p99_ms"]
     return out
 
 
@@ -673,7 +701,7 @@ def print_report(
         print(f"- gateway/nginx throughput at c=8: {met['gateway_over_nginx_rps_c8']:.3f}")
     if "gateway_minus_endpoint_p50_ms_c1" in met:
         print(
-            "- gateway minus endpoint host (its own share): p50 at c=1 "
+            "- gateway via SageMaker runtime minus the endpoint host alone: p50 at c=1 "
             f"{met['gateway_minus_endpoint_p50_ms_c1']:.2f} ms, p99 at c=8 "
             f"{met.get('gateway_minus_endpoint_p99_ms_c8', float('nan')):.2f} ms"
         )
@@ -837,6 +865,12 @@ def main() -> None:
                 ),
                 "gateway": Target(
                     "gateway",
+                    f"{conn.gateway_url}/v1/models/{DIRECT_MODEL}/invocations",
+                    authorization=f"Bearer {conn.api_key}",
+                    count_header="x-inference-route",
+                ),
+                "gateway-sm": Target(
+                    "gateway-sm",
                     f"{conn.gateway_url}/v1/models/{MODEL}/invocations",
                     authorization=f"Bearer {conn.api_key}",
                     count_header="x-inference-route",
@@ -845,6 +879,7 @@ def main() -> None:
             if "nginx" in paths:
                 nginx_url, pids["nginx"] = stop.enter_context(nginx(direct_url, workdir / "nginx"))
                 targets["nginx"] = Target("nginx", nginx_url + "/invocations")
+            add_direct_policy(conn.gateway_url, conn.api_key, direct_url)
             meter = CpuMeter(pids, with_children=frozenset({"nginx"}))
             for path in paths:
                 log(f"check {path}: {check(targets[path], body)}")
@@ -870,7 +905,7 @@ def main() -> None:
                     for path in paths:
                         result = measure(targets[path], c, args, body_file, meter, retry_budget)
                         runs[path][c].append(result)
-                        if path == "gateway":
+                        if path.startswith("gateway"):
                             routes[c].update(result["header_counts"])
                             statuses[c].update(result["status_counts"])
                         flag = f" ERRORS {result['errors']}" if result["error_total"] else ""

@@ -1,15 +1,30 @@
 """The async worker's rows/s against onnxruntime alone, on the same model and batch size
-(goal: the worker at >= 90% of onnxruntime). Three stages, measured side by side:
+(goal: the worker at >= 90% of onnxruntime). Stages, measured side by side in one run:
 
   (a) onnxruntime alone: the digits model in a session configured like OnnxModel,
       ``session.run`` over N float32 rows in batches of B rows;
-  (b) the worker's own code without the network: iter_batches over an in-memory NDJSON
-      stream, OnnxModel.predict per batch, OutputWriter NDJSON encoding into a byte sink;
+  (b) the worker's own code without the network, NDJSON in, NDJSON out: read_batches over
+      an in-memory NDJSON stream, OnnxModel.predict per batch, OutputWriter NDJSON encoding
+      into a byte sink;
+  (b-npy) the same, .npy in, .npy out: read_batches over an in-memory .npy stream (reads of
+      ~1 MiB viewed in place, float32 handed to the model without a copy), OnnxModel.predict,
+      OutputWriter writing the probabilities' raw bytes behind one .npy header (checked once
+      against onnxruntime, bit for bit);
   (c) the real worker end to end on the local stack (moto S3/SQS/DynamoDB, one worker
-      process): one job of N NDJSON rows, timed from the job's started_at to finished_at.
+      process): one job of N NDJSON rows, timed from the job's started_at to finished_at;
+  (c-npy) the same with an .npy job (.npy in, Accept application/x-npy).
+
+(a) and (b-npy) take ~0.1 s each, so they run as interleaved pairs, several per repeat
+(order alternating); (b) runs once a repeat. Figures are medians; the .npy ratio is also
+given as the median of the pairs' own ratios, which a busy machine's drift cancels out of,
+and on CPU time (process_time: onnxruntime runs single-threaded in the caller's thread), which
+time spent descheduled by other work on the machine does not inflate.
 
     .venv/bin/python bench/worker.py [--rows 200000] [--batch-rows 1024] [--repeats 3]
-                                     [--json bench/results/worker.json] [--no-stack]
+                                     [--pairs 5] [--json bench/results/worker.json]
+                                     [--no-stack] [--quick]
+
+``--quick``: 50,000 rows, 3 repeats, no local stack - a few seconds.
 """
 
 from __future__ import annotations
@@ -40,11 +55,13 @@ from infergw.demo.models import build_digits, digits_split
 from infergw.local import processes
 from infergw.local.stack import LocalStack, StackConfig
 from model_runtime.onnx_model import OnnxModel, preferred_providers
-from model_runtime.streaming import OutputWriter, iter_batches
+from model_runtime.streaming import OutputWriter, read_batches
 
 NDJSON = "application/x-ndjson"
+NPY = "application/x-npy"
 GOAL = 0.9
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "EXPIRED"}
+Run = dict[str, Any]  # one measured run, or a stage's summary
 
 
 def make_rows(n: int) -> np.ndarray:
@@ -58,6 +75,12 @@ def to_ndjson(rows: np.ndarray) -> bytes:
     return "\n".join(json.dumps(r) for r in rows.tolist()).encode()
 
 
+def to_npy(rows: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    return buffer.getvalue()
+
+
 def ort_session(onnx: bytes, threads: int = 1) -> ort.InferenceSession:
     """A session set up exactly as model_runtime.onnx_model.OnnxModel sets up its own."""
     options = ort.SessionOptions()
@@ -68,14 +91,22 @@ def ort_session(onnx: bytes, threads: int = 1) -> ort.InferenceSession:
 
 
 # -- (a) onnxruntime alone ---------------------------------------------------------------
-def run_onnxruntime(session: ort.InferenceSession, rows: np.ndarray, batch: int) -> dict:
+def run_onnxruntime(session: ort.InferenceSession, rows: np.ndarray, batch: int) -> Run:
     name = session.get_inputs()[0].name
     batches = [rows[s : s + batch] for s in range(0, len(rows), batch)]  # views, no copies
+    cpu = time.process_time()
     start = time.perf_counter()
     for matrix in batches:
         session.run(None, {name: matrix})
     seconds = time.perf_counter() - start
-    return {"rows": len(rows), "seconds": seconds, "rows_per_s": len(rows) / seconds}
+    cpu = time.process_time() - cpu
+    return {
+        "rows": len(rows),
+        "seconds": seconds,
+        "rows_per_s": len(rows) / seconds,
+        "cpu_seconds": cpu,
+        "rows_per_cpu_s": len(rows) / cpu,
+    }
 
 
 # -- (b) the worker's code, in-process ---------------------------------------------------
@@ -92,16 +123,25 @@ def _timed(it: Iterator[Any], clock: list[float]) -> Iterator[Any]:
         yield item
 
 
-def run_worker_code(model: OnnxModel, body: bytes, batch: int, timed: bool = True) -> dict:
-    """What JobRunner._run does per job, minus S3 and DynamoDB: parse, infer, encode."""
+def run_worker_code(
+    model: OnnxModel,
+    body: bytes,
+    batch: int,
+    timed: bool = True,
+    kind: str = NDJSON,
+    keep_output: bool = False,
+) -> Run:
+    """What JobRunner._run does per job, minus S3 and DynamoDB: read (parse), infer, encode.
+    ``kind`` is both the input's content type and the output's (NDJSON or NPY)."""
     parse = [0.0]
     infer = encode = 0.0
-    out = OutputWriter(NDJSON)
     sink = io.BytesIO()
     done = 0
+    cpu = time.process_time()
     start = time.perf_counter()
-    batches = iter_batches(io.BytesIO(body), NDJSON, batch, model.info.features)
-    for _first, matrix in _timed(batches, parse) if timed else batches:
+    batches = read_batches(io.BytesIO(body), kind, batch, model.info.features)
+    out = OutputWriter(kind, rows=batches.rows)
+    for _first, matrix in _timed(iter(batches), parse) if timed else batches:
         t0 = time.perf_counter()
         predictions = model.predict(matrix)
         t1 = time.perf_counter()
@@ -109,22 +149,47 @@ def run_worker_code(model: OnnxModel, body: bytes, batch: int, timed: bool = Tru
         encode += time.perf_counter() - t1
         infer += t1 - t0
         done += len(matrix)
-    sink.write(out.end())
+    for chunk in out.end():
+        sink.write(chunk)
+    out.close()
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     return {
         "rows": done,
         "seconds": seconds,
         "rows_per_s": done / seconds,
+        "cpu_seconds": cpu,
+        "rows_per_cpu_s": done / cpu,
         "output_bytes": sink.tell(),
         "share": {
             "parse": parse[0] / seconds,
             "predict": infer / seconds,
             "encode": encode / seconds,
         },
+        **({"output": sink.getvalue()} if keep_output else {}),
     }
 
 
-def profile_worker_code(model: OnnxModel, body: bytes, batch: int, top: int = 10) -> list[dict]:
+def check_npy_output(
+    model: OnnxModel, session: ort.InferenceSession, rows: np.ndarray, batch: int
+) -> bool:
+    """The .npy path's output, np.load-ed, is onnxruntime's probabilities bit for bit."""
+    body = to_npy(rows)
+    got = np.load(
+        io.BytesIO(run_worker_code(model, body, batch, kind=NPY, keep_output=True)["output"])
+    )
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    index = outputs.index("probabilities")
+    want = np.concatenate(
+        [session.run(None, {name: rows[s : s + batch]})[index] for s in range(0, len(rows), batch)]
+    )
+    return bool(
+        got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
+    )
+
+
+def profile_worker_code(model: OnnxModel, body: bytes, batch: int, top: int = 10) -> list[Run]:
     profiler = cProfile.Profile()
     profiler.runcall(run_worker_code, model, body, batch, timed=False)
     stats = pstats.Stats(profiler)
@@ -146,7 +211,7 @@ def profile_worker_code(model: OnnxModel, body: bytes, batch: int, top: int = 10
 
 
 # -- (c) the real worker on the local stack ----------------------------------------------
-def wait_for(http: httpx.Client, job_id: str, timeout_s: float) -> dict:
+def wait_for(http: httpx.Client, job_id: str, timeout_s: float) -> Run:
     deadline = time.monotonic() + timeout_s
     while True:
         job = http.get(f"/v1/jobs/{job_id}").json()
@@ -157,8 +222,8 @@ def wait_for(http: httpx.Client, job_id: str, timeout_s: float) -> dict:
         time.sleep(0.1)
 
 
-def submit(http: httpx.Client, body: bytes) -> str:
-    created = http.post("/v1/models/digits/jobs", json={"content_type": NDJSON, "accept": NDJSON})
+def submit(http: httpx.Client, body: bytes, kind: str = NDJSON) -> str:
+    created = http.post("/v1/models/digits/jobs", json={"content_type": kind, "accept": kind})
     created.raise_for_status()
     ticket = created.json()
     form = ticket["upload"]
@@ -169,7 +234,12 @@ def submit(http: httpx.Client, body: bytes) -> str:
     return str(ticket["job_id"])
 
 
-def run_stack_jobs(body: bytes, rows: int, batch: int, repeats: int) -> list[dict]:
+def run_stack_jobs(
+    bodies: dict[str, bytes], rows: int, batch: int, repeats: int, expected: np.ndarray
+) -> dict[str, list[Run]]:
+    """Per kind (NDJSON, NPY), ``repeats`` jobs of ``rows`` rows, the kinds alternating.
+    The first .npy job's output is downloaded and checked against ``expected``."""
+    runs: dict[str, list[Run]] = {kind: [] for kind in bodies}
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as state:
         config = StackConfig(
             state_dir=Path(state),
@@ -189,43 +259,57 @@ def run_stack_jobs(body: bytes, rows: int, batch: int, repeats: int) -> list[dic
                 timeout=60,
             ) as http:
                 # Warm-up: the worker loads the model from S3 on its first job.
-                warm = wait_for(http, submit(http, body[: body.index(b"\n")]), 60)
+                ndjson = bodies[NDJSON]
+                warm = wait_for(http, submit(http, ndjson[: ndjson.index(b"\n")]), 60)
                 if warm["status"] != "COMPLETED":
                     raise RuntimeError(f"warm-up job did not complete: {warm}")
-                runs = []
-                for _ in range(repeats):
-                    t0 = time.monotonic()
-                    job_id = submit(http, body)
-                    upload_s = time.monotonic() - t0
-                    uploaded_at = time.time()
-                    job = wait_for(http, job_id, 600)
-                    if job["status"] != "COMPLETED":
-                        raise RuntimeError(f"job {job_id} did not complete: {job}")
-                    done = job["progress"]["records_done"]
-                    if done != rows:
-                        raise RuntimeError(f"job {job_id} did {done} rows, not {rows}")
-                    t = job["timings"]
-                    seconds = t["finished_at"] - t["started_at"]
-                    runs.append(
-                        {
-                            "job_id": job_id,
-                            "rows": done,
-                            "seconds": seconds,
-                            "rows_per_s": done / seconds,
-                            "upload_s": upload_s,
-                            "uploaded_to_started_s": t["started_at"] - uploaded_at,
-                        }
-                    )
+                for i in range(repeats):
+                    for kind in bodies if i % 2 == 0 else reversed(list(bodies)):
+                        runs[kind].append(_stack_job(http, bodies[kind], kind, rows))
+                        if kind == NPY and len(runs[kind]) == 1:
+                            out = httpx.get(runs[kind][0].pop("output_url"), timeout=300)
+                            got = np.load(io.BytesIO(out.content))
+                            runs[kind][0]["output_equals_onnxruntime"] = bool(
+                                got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+                            )
+                        runs[kind][-1].pop("output_url", None)
             dead = stack.dead()
             if dead:
                 raise RuntimeError(f"stack processes died during the run: {dead}")
     return runs
 
 
+def _stack_job(http: httpx.Client, body: bytes, kind: str, rows: int) -> Run:
+    t0 = time.monotonic()
+    job_id = submit(http, body, kind)
+    upload_s = time.monotonic() - t0
+    uploaded_at = time.time()
+    job = wait_for(http, job_id, 600)
+    if job["status"] != "COMPLETED":
+        raise RuntimeError(f"job {job_id} did not complete: {job}")
+    done = job["progress"]["records_done"]
+    if done != rows:
+        raise RuntimeError(f"job {job_id} did {done} rows, not {rows}")
+    t = job["timings"]
+    seconds = t["finished_at"] - t["started_at"]
+    return {
+        "job_id": job_id,
+        "rows": done,
+        "seconds": seconds,
+        "rows_per_s": done / seconds,
+        "upload_s": upload_s,
+        "uploaded_to_started_s": t["started_at"] - uploaded_at,
+        "output_url": job["output_url"],
+    }
+
+
 # -- report ------------------------------------------------------------------------------
-def median_of(runs: list[dict]) -> dict:
+def median_of(runs: list[Run]) -> Run:
     rates = [r["rows_per_s"] for r in runs]
-    return {"rows_per_s": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    summary: Run = {"rows_per_s": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    if all("rows_per_cpu_s" in r for r in runs):
+        summary["rows_per_cpu_s"] = statistics.median(r["rows_per_cpu_s"] for r in runs)
+    return summary
 
 
 def bottleneck(a: float, b: float, c: float | None, share: dict[str, float]) -> str:
@@ -252,45 +336,130 @@ def bottleneck(a: float, b: float, c: float | None, share: dict[str, float]) -> 
     return "no bottleneck below the goal: every stage runs at >= 90% of onnxruntime alone"
 
 
+def npy_verdict(ratio: float, share: dict[str, float]) -> str:
+    stage_share = ", ".join(f"{k} {v:.0%}" for k, v in share.items())
+    return (
+        f".npy in, .npy out: {ratio:.1%} of onnxruntime alone in-process - "
+        f"{'meets' if ratio >= GOAL else 'misses'} the goal; of its time: {stage_share}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch-rows", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5, help="(a)/(b-npy) pairs per repeat")
     parser.add_argument("--no-stack", action="store_true", help="skip (c), the local stack")
+    parser.add_argument("--quick", action="store_true", help="50,000 rows, no local stack")
     parser.add_argument("--json", default="bench/results/worker.json")
     args = parser.parse_args()
+    if args.quick:
+        args.rows, args.no_stack = min(args.rows, 50_000), True
     n, batch = args.rows, args.batch_rows
 
     built = build_digits()
     rows = make_rows(n)
     body = to_ndjson(rows)
+    npy_body = to_npy(rows)
     session = ort_session(built.onnx)
     model = OnnxModel(built.onnx, name="digits", version="1", intra_op_threads=1)
     run_onnxruntime(session, rows[: 10 * batch], batch)  # warm-up: first-run allocations
     run_worker_code(model, body[: body.index(b"\n", len(body) // 20)], batch)
+    npy_equal = check_npy_output(model, session, rows, batch)  # also the (b-npy) warm-up
+    if not npy_equal:
+        raise RuntimeError("the .npy output is not onnxruntime's probabilities bit for bit")
 
-    runs_a, runs_b = [], []
+    runs_a, runs_b, runs_npy, paired = [], [], [], []
     for i in range(args.repeats):
-        runs_a.append(run_onnxruntime(session, rows, batch))
+        for j in range(args.pairs):
+            if (i + j) % 2 == 0:
+                a_run = run_onnxruntime(session, rows, batch)
+                npy_run = run_worker_code(model, npy_body, batch, kind=NPY)
+            else:
+                npy_run = run_worker_code(model, npy_body, batch, kind=NPY)
+                a_run = run_onnxruntime(session, rows, batch)
+            runs_a.append(a_run)
+            runs_npy.append(npy_run)
+            paired.append(npy_run["rows_per_s"] / a_run["rows_per_s"])
         runs_b.append(run_worker_code(model, body, batch))
+        last_a = statistics.median(r["rows_per_s"] for r in runs_a[-args.pairs :])
+        last_npy = statistics.median(r["rows_per_s"] for r in runs_npy[-args.pairs :])
         print(
-            f"repeat {i + 1}: (a) {runs_a[-1]['rows_per_s']:,.0f} rows/s, "
+            f"repeat {i + 1}: (a) {last_a:,.0f} rows/s, (b-npy) {last_npy:,.0f} rows/s, "
             f"(b) {runs_b[-1]['rows_per_s']:,.0f} rows/s",
             file=sys.stderr,
         )
-    runs_c = [] if args.no_stack else run_stack_jobs(body, n, batch, args.repeats)
+    runs_c: dict[str, list[Run]] = {NDJSON: [], NPY: []}
+    if not args.no_stack:
+        expected = np.concatenate(
+            [
+                session.run(["probabilities"], {"X": rows[s : s + batch]})[0]
+                for s in range(0, n, batch)
+            ]
+        )
+        runs_c = run_stack_jobs({NDJSON: body, NPY: npy_body}, n, batch, args.repeats, expected)
 
     a = median_of(runs_a)
     b = median_of(runs_b)
-    c = median_of(runs_c) if runs_c else None
+    b_npy = median_of(runs_npy)
+    c = median_of(runs_c[NDJSON]) if runs_c[NDJSON] else None
+    c_npy = median_of(runs_c[NPY]) if runs_c[NPY] else None
     share = {k: statistics.median(r["share"][k] for r in runs_b) for k in runs_b[0]["share"]}
-    ratios = {"b_over_a": b["rows_per_s"] / a["rows_per_s"]}
+    share_npy = {
+        k: statistics.median(r["share"][k] for r in runs_npy) for k in runs_npy[0]["share"]
+    }
+    ratios = {
+        "b_over_a": b["rows_per_s"] / a["rows_per_s"],
+        "b_npy_over_a": b_npy["rows_per_s"] / a["rows_per_s"],
+        "b_npy_over_a_paired_median": statistics.median(paired),
+        "b_over_a_cpu": b["rows_per_cpu_s"] / a["rows_per_cpu_s"],
+        "b_npy_over_a_cpu": b_npy["rows_per_cpu_s"] / a["rows_per_cpu_s"],
+    }
     if c is not None:
         ratios["c_over_a"] = c["rows_per_s"] / a["rows_per_s"]
         ratios["c_over_b"] = c["rows_per_s"] / b["rows_per_s"]
+    if c_npy is not None:
+        ratios["c_npy_over_a"] = c_npy["rows_per_s"] / a["rows_per_s"]
+        ratios["c_npy_over_b_npy"] = c_npy["rows_per_s"] / b_npy["rows_per_s"]
     verdict = bottleneck(a["rows_per_s"], b["rows_per_s"], c["rows_per_s"] if c else None, share)
+    verdict_npy = npy_verdict(ratios["b_npy_over_a"], share_npy)
     profile = profile_worker_code(model, body, batch) if ratios["b_over_a"] < GOAL else []
+    goal_met = {
+        "ndjson_in_process": ratios["b_over_a"] >= GOAL,
+        "npy_in_process": ratios["b_npy_over_a"] >= GOAL,
+    }
+    if c is not None:
+        goal_met["ndjson_end_to_end"] = ratios["c_over_a"] >= GOAL
+    if c_npy is not None:
+        goal_met["npy_end_to_end"] = ratios["c_npy_over_a"] >= GOAL
+
+    table = [
+        ("(a) onnxruntime alone", a),
+        ("(b) worker code in-process, NDJSON in, NDJSON out", b),
+        ("(b-npy) worker code in-process, .npy in, .npy out", b_npy),
+    ]
+    if c is not None:
+        table.append(("(c) worker end to end on the local stack, NDJSON", c))
+    if c_npy is not None:
+        table.append(("(c-npy) worker end to end on the local stack, .npy", c_npy))
+    lines = [
+        "| stage | rows/s (median) | min - max | vs (a) | vs (a), CPU time | goal >= 90% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, stage in table:
+        ratio = stage["rows_per_s"] / a["rows_per_s"]
+        cpu_ratio = (
+            f"{stage['rows_per_cpu_s'] / a['rows_per_cpu_s']:.1%}"
+            if "rows_per_cpu_s" in stage
+            else "-"
+        )
+        goal = "-" if stage is a else ("met" if ratio >= GOAL else "not met")
+        lines.append(
+            f"| {label} | {stage['rows_per_s']:,.0f} | {stage['min']:,.0f} - "
+            f"{stage['max']:,.0f} | {ratio:.1%} | {cpu_ratio} | {goal} |"
+        )
+    markdown = "\n".join(lines)
 
     result = {
         "machine": os.uname().machine,
@@ -301,42 +470,47 @@ def main() -> None:
         "rows": n,
         "batch_rows": batch,
         "input_bytes": len(body),
+        "input_bytes_npy": len(npy_body),
         "repeats": args.repeats,
+        "pairs_per_repeat": args.pairs,
         "goal_ratio": GOAL,
         "stages": {
             "a_onnxruntime_alone": {**a, "runs": runs_a},
             "b_worker_code_in_process": {**b, "time_share": share, "runs": runs_b},
-            "c_worker_end_to_end": {**c, "runs": runs_c} if c else None,
+            "c_worker_end_to_end": {**c, "runs": runs_c[NDJSON]} if c else None,
+            "b_npy_worker_code_in_process": {**b_npy, "time_share": share_npy, "runs": runs_npy},
+            "c_npy_worker_end_to_end": {**c_npy, "runs": runs_c[NPY]} if c_npy else None,
         },
         "ratios": ratios,
+        "goal_met": goal_met,
+        "npy_output_equals_onnxruntime": npy_equal,
         "bottleneck": verdict,
+        "bottleneck_npy": verdict_npy,
         "profile_b_top10_cumulative": profile,
+        "table_markdown": markdown,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
     print(
-        f"\n{n:,} rows, batches of {batch}, median of {args.repeats} "
-        f"({os.uname().machine}, {os.cpu_count()} CPUs)\n"
+        f"\n{n:,} rows, batches of {batch}, medians over {args.repeats} repeats "
+        f"({args.repeats * args.pairs} (a)/(b-npy) pairs; "
+        f"{os.uname().machine}, {os.cpu_count()} CPUs)\n"
     )
-    print("| stage | rows/s (median) | min - max | vs (a) |")
-    print("|---|---|---|---|")
-    table = [("(a) onnxruntime alone", a), ("(b) worker code, in-process", b)]
-    if c is not None:
-        table.append(("(c) worker end to end, local stack", c))
-    for label, stage in table:
-        print(
-            f"| {label} | {stage['rows_per_s']:,.0f} | {stage['min']:,.0f} - "
-            f"{stage['max']:,.0f} | {stage['rows_per_s'] / a['rows_per_s']:.1%} |"
-        )
+    print(markdown)
     print()
-    goal_text = "meets" if ratios.get("c_over_a", ratios["b_over_a"]) >= GOAL else "misses"
+    for mode, key in (("NDJSON", "b_over_a"), (".npy", "b_npy_over_a")):
+        print(
+            f"{mode} in-process: {ratios[key]:.3f} of onnxruntime alone: "
+            f"{'meets' if ratios[key] >= GOAL else 'misses'} the >= {GOAL:.0%} goal"
+        )
     print(
-        f"(b)/(a) = {ratios['b_over_a']:.3f}"
-        + (f", (c)/(a) = {ratios['c_over_a']:.3f}" if c else "")
-        + f": {goal_text} the >= {GOAL:.0%} goal"
+        f"(b-npy)/(a): median of the pairs' own ratios "
+        f"{ratios['b_npy_over_a_paired_median']:.3f}, on CPU time {ratios['b_npy_over_a_cpu']:.3f}"
     )
+    print(f".npy output equals onnxruntime's probabilities bit for bit: {npy_equal}")
     print(verdict)
+    print(verdict_npy)
     if profile:
         print(
             f"\ncProfile of one (b) run, top {len(profile)} by cumulative time (profiling "

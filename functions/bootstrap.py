@@ -21,9 +21,10 @@ from gateway.admission import Admission
 from gateway.auth import ApiKeyAuthenticator
 from gateway.authn import CredentialAuthenticator
 from gateway.dispatch import InvokerByProtocol
+from gateway.errors import BackendUnavailableError
 from gateway.jobs import JobService
 from gateway.models import BackendReply, EndpointTarget
-from gateway.ports import EndpointInvoker
+from gateway.ports import AsyncEndpointInvoker, EndpointInvoker
 from gateway.ratelimit import LeasedLimiter
 from gateway.service import CachedPolicyStore, Gateway
 from gateway.settings import Settings
@@ -104,20 +105,55 @@ def on_revoke(listener: Callable[[str], None]) -> None:
     services().revocation_listeners.append(listener)
 
 
-class _LazyOipInvoker:
-    """httpx is imported on the first OIP v2 call, not at cold start."""
+class _LazyHttpInvoker:
+    """httpx is imported on the first call to a model server by URL, not at cold start."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: str) -> None:
+        self._protocol = protocol
         self._inner: EndpointInvoker | None = None
 
     def invoke(
         self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
     ) -> BackendReply:
         if self._inner is None:
+            from gateway.adapters.container import HttpContainerInvoker
             from gateway.adapters.oip import HttpOipInvoker
 
-            self._inner = HttpOipInvoker()
+            self._inner = HttpOipInvoker() if self._protocol == "oip-v2" else HttpContainerInvoker()
         return self._inner.invoke(target, body, content_type, accept, timeout_s)
+
+
+@cache
+def async_invoker() -> AsyncEndpointInvoker:
+    """The event loop's invokers (the container front end): SageMaker runtime requests
+    signed with the process's AWS credentials, at the endpoint botocore would use."""
+    from gateway.adapters.async_invokers import (
+        AsyncContainerInvoker,
+        AsyncOipInvoker,
+        AsyncSageMakerRuntimeInvoker,
+    )
+    from gateway.adapters.sigv4 import Credentials, SigV4Signer
+    from gateway.dispatch import AsyncInvokerByProtocol
+
+    runtime = aws.client("sagemaker-runtime")
+    provider = aws.session().get_credentials()
+
+    def credentials() -> Credentials:
+        if provider is None:
+            raise BackendUnavailableError("No AWS credentials to sign with.", retry_after_s=30)
+        frozen = provider.get_frozen_credentials()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    signer = SigV4Signer(
+        credentials, runtime.meta.region_name, runtime.meta.service_model.signing_name
+    )
+    return AsyncInvokerByProtocol(
+        {
+            "sagemaker": AsyncSageMakerRuntimeInvoker(runtime.meta.endpoint_url, signer),
+            "container": AsyncContainerInvoker(),
+            "oip-v2": AsyncOipInvoker(),
+        }
+    )
 
 
 def _tokens(config: Settings) -> JwtAuthenticator | None:
@@ -146,7 +182,9 @@ def build(config: Settings) -> Services:
         "dynamodb", read_timeout=3, retries={"mode": "standard", "max_attempts": 2}
     )
     policy_store = CachedPolicyStore(
-        DynamoDBPolicyStore(dynamodb, config.policies_table), ttl_s=config.policy_cache_ttl_s
+        DynamoDBPolicyStore(dynamodb, config.policies_table),
+        ttl_s=config.policy_cache_ttl_s,
+        refresh_ahead=ThreadPoolExecutor(1, thread_name_prefix="policies"),
     )
     keys = DynamoDBKeyStore(dynamodb, config.keys_table)
     background = ThreadPoolExecutor(1, thread_name_prefix="touch")
@@ -164,11 +202,13 @@ def build(config: Settings) -> Services:
     invoker = InvokerByProtocol(
         {
             "sagemaker": SageMakerRuntimeInvoker(
+                # One attempt: botocore's retry would wait the whole timeout again.
                 lambda timeout_s: aws.client(
-                    "sagemaker-runtime", read_timeout=timeout_s, retries={"max_attempts": 1}
+                    "sagemaker-runtime", read_timeout=timeout_s, retries={"total_max_attempts": 1}
                 )
             ),
-            "oip-v2": _LazyOipInvoker(),
+            "container": _LazyHttpInvoker("container"),
+            "oip-v2": _LazyHttpInvoker("oip-v2"),
         }
     )
     jobs = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Generator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,11 +18,13 @@ from gateway.errors import (
 )
 from gateway.live import LiveState
 from gateway.models import Backend, BackendReply, EndpointTarget, RouteDecision
-from gateway.ports import EndpointInvoker
+from gateway.ports import AsyncEndpointInvoker, EndpointInvoker
 from gateway.routing import Targets
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
+# What a call to a backend came to: its reply, or the error it raised.
+Outcome = tuple[BackendReply | None, BaseException | None]
 # Failures worth another backend: the next one may well succeed. A client error is not.
 RETRYABLE = (BackendUnavailableError, BackendTimeoutError, BackendError)
 
@@ -36,6 +39,19 @@ class InvokerByProtocol:
         self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
     ) -> BackendReply:
         return self._invokers[target.protocol].invoke(target, body, content_type, accept, timeout_s)
+
+
+class AsyncInvokerByProtocol:
+    """InvokerByProtocol for an event loop."""
+
+    def __init__(self, invokers: dict[str, AsyncEndpointInvoker]) -> None:
+        self._invokers = invokers
+
+    async def invoke(
+        self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
+    ) -> BackendReply:
+        invoker = self._invokers[target.protocol]
+        return await invoker.invoke(target, body, content_type, accept, timeout_s)
 
 
 @dataclass
@@ -88,6 +104,51 @@ class Dispatcher:
     ) -> Attempt:
         """Try the plan's sync steps in order. Stops at the first success, at a client
         error, at an async step (returned for the caller to enqueue), or when time is up."""
+        walk = self._walk(plan, targets, deadline, budget_end)
+        try:
+            target, remaining = next(walk)
+            while True:
+                try:
+                    reply = self._invoker.invoke(target, body, content_type, accept, remaining)
+                except Exception as exc:
+                    target, remaining = walk.send((None, exc))
+                else:
+                    target, remaining = walk.send((reply, None))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def call_async(
+        self,
+        invoker: AsyncEndpointInvoker,
+        plan: list[RouteDecision],
+        targets: Targets,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        deadline: float,
+        budget_end: float,
+    ) -> Attempt:
+        """``call_sync`` for an event loop: the same plan walk, awaiting ``invoker``."""
+        walk = self._walk(plan, targets, deadline, budget_end)
+        try:
+            target, remaining = next(walk)
+            while True:
+                try:
+                    reply = await invoker.invoke(target, body, content_type, accept, remaining)
+                except Exception as exc:
+                    target, remaining = walk.send((None, exc))
+                else:
+                    target, remaining = walk.send((reply, None))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            walk.close()
+
+    def _walk(
+        self, plan: list[RouteDecision], targets: Targets, deadline: float, budget_end: float
+    ) -> Generator[tuple[EndpointTarget, float], Outcome, Attempt]:
+        """The plan walk without I/O: yields (target, seconds left) for each call to make,
+        is sent back (reply, None) or (None, error), returns the attempt."""
         attempt = Attempt(plan[0])
         for index, decision in enumerate(plan):
             if decision.backend is Backend.ASYNC:
@@ -117,32 +178,33 @@ class Dispatcher:
             attempt.tried.append(decision.backend.value)
             started = self.live.begin(target)
             try:
-                attempt.reply = self._invoker.invoke(
-                    target, body, content_type, accept, timeout_s=remaining
-                )
-            except RETRYABLE as exc:
+                reply, error = yield target, remaining
+            except GeneratorExit:
+                # The caller gave up on the call (cancelled): not the backend's failure.
+                self.live.end(target, started, ok=True)
+                raise
+            if reply is not None:
+                self.live.end(target, started, ok=True, cold_start_ms=reply.cold_start_ms)
+                attempt.reply, attempt.error = reply, None
+                if len(attempt.tried) > 1:
+                    self.fallbacks += 1
+                return attempt
+            if isinstance(error, RETRYABLE):
                 self.live.end(target, started, ok=False)
-                attempt.error = exc
+                attempt.error = error
                 if index > 0 or len(plan) > 1:
                     attempt.fallbacks += 1
                 continue
-            except GatewayError as exc:
+            if isinstance(error, GatewayError):
                 # The model rejected the input: the backend is healthy, the client is not.
                 self.live.end(target, started, ok=True)
-                attempt.error = exc
+                attempt.error = error
                 return attempt
-            except Exception:
-                log.exception("backend %s failed unexpectedly", target.endpoint_name)
-                self.live.end(target, started, ok=False)
-                attempt.error = BackendError(
-                    f"Endpoint '{target.endpoint_name}' failed unexpectedly; the error was logged."
-                )
-                continue
-            self.live.end(target, started, ok=True, cold_start_ms=attempt.reply.cold_start_ms)
-            attempt.error = None
-            if len(attempt.tried) > 1:
-                self.fallbacks += 1
-            return attempt
+            log.error("backend %s failed unexpectedly", target.endpoint_name, exc_info=error)
+            self.live.end(target, started, ok=False)
+            attempt.error = BackendError(
+                f"Endpoint '{target.endpoint_name}' failed unexpectedly; the error was logged."
+            )
         return attempt
 
     def mirror(

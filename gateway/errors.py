@@ -58,6 +58,10 @@ class MethodNotAllowedError(GatewayError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 
 
+class NotAcceptableError(GatewayError):
+    status, slug, title = 406, "not-acceptable", "The requested output type is not offered"
+
+
 class ConflictError(GatewayError):
     status, slug, title = 409, "conflict", "Conflict"
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.auth import require_scope
-from gateway.errors import ConflictError, NotFoundError
+from gateway.errors import ConflictError, NotAcceptableError, NotFoundError
 from gateway.models import ModelPolicy, Principal, Scope
 from gateway.ports import JobStore, PayloadStore
 
@@ -93,6 +93,22 @@ class Job:
         return job_prefix(self.tenant, self.job_id) + "error"
 
 
+# What a job's output can be written as (the worker's encoders); .npy may name the output
+# tensor it holds: "application/x-npy; output=label".
+JOB_OUTPUT_TYPES = ("application/x-ndjson", "application/json", "text/csv", "application/x-npy")
+
+
+def check_job_output(accept: str) -> None:
+    """Refuse, before anything is created, an output type the worker cannot write."""
+    kind = accept.partition(";")[0].strip().lower()
+    if kind not in JOB_OUTPUT_TYPES:
+        raise NotAcceptableError(
+            f"A job's output can be {', '.join(JOB_OUTPUT_TYPES)} "
+            "(.npy with an optional '; output=<name>'), not '" + accept[:100] + "'.",
+            offered=list(JOB_OUTPUT_TYPES),
+        )
+
+
 def new_job_id() -> str:
     return "job_" + secrets.token_hex(12)
 
@@ -162,6 +178,7 @@ class JobService:
         correlation_id: str | None = None,
     ) -> UploadTicket:
         require_scope(principal, Scope.JOBS)
+        check_job_output(accept)
         job = self._idempotent(principal, idempotency_key)
         if job is None:
             job = self._create(

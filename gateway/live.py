@@ -14,6 +14,12 @@ from gateway.models import EndpointTarget
 
 _EWMA_ALPHA = 0.2
 _WINDOW = 512
+# A slow estimate fades back to the configured one (at this half-life, once no call has
+# completed for the grace time): a backend the router avoids for being slow gets no new
+# samples, and without the fade one slow spell would keep it avoided for good. Traffic
+# returns and measures it again.
+SLOW_ESTIMATE_GRACE_S = 3.0
+SLOW_ESTIMATE_HALF_LIFE_S = 2.0
 
 
 class BreakerState(StrEnum):
@@ -91,6 +97,7 @@ class BackendStats:
         self.latencies: deque[float] = deque(maxlen=_WINDOW)
         self.outcomes: deque[bool] = deque(maxlen=100)
         self.last_used: float | None = None
+        self.last_sample: float | None = None  # when a call last completed
         self.calls = 0
         self.failures = 0
         self.cold_starts = 0
@@ -100,7 +107,7 @@ class BackendStats:
         cold = target.idle_timeout_s is not None and (
             self.last_used is None or now - self.last_used > target.idle_timeout_s
         )
-        expected = self.ewma_ms if self.ewma_ms is not None else target.expected_latency_ms
+        expected = self._latency_estimate(target.expected_latency_ms, now)
         if cold:
             expected += (
                 self.cold_start_ms if self.cold_start_ms is not None else target.cold_start_ms
@@ -112,6 +119,15 @@ class BackendStats:
             cold=cold,
             retry_after_s=self.breaker.retry_after_s(now),
         )
+
+    def _latency_estimate(self, prior_ms: float, now: float) -> float:
+        if self.ewma_ms is None:
+            return prior_ms
+        stale_s = 0.0 if self.last_sample is None else now - self.last_sample
+        if self.ewma_ms <= prior_ms or stale_s <= SLOW_ESTIMATE_GRACE_S:
+            return self.ewma_ms
+        fade: float = 0.5 ** ((stale_s - SLOW_ESTIMATE_GRACE_S) / SLOW_ESTIMATE_HALF_LIFE_S)
+        return prior_ms + (self.ewma_ms - prior_ms) * fade
 
     def percentile(self, q: float) -> float | None:
         if not self.latencies:
@@ -178,11 +194,14 @@ class LiveState:
             if ok:
                 stats.breaker.on_success()
                 stats.latencies.append(elapsed_ms)
+                # Updated from the estimate as it stands now (faded if it had gone stale).
+                current = stats._latency_estimate(target.expected_latency_ms, now)
                 stats.ewma_ms = (
                     elapsed_ms
                     if stats.ewma_ms is None
-                    else stats.ewma_ms + _EWMA_ALPHA * (elapsed_ms - stats.ewma_ms)
+                    else current + _EWMA_ALPHA * (elapsed_ms - current)
                 )
+                stats.last_sample = now
             else:
                 stats.failures += 1
                 stats.breaker.on_failure(now)

@@ -30,13 +30,16 @@ class Scope(StrEnum):
 
 
 class EndpointTarget(BaseModel):
-    """A synchronous model endpoint: a SageMaker endpoint name or an OIP v2 model server."""
+    """A synchronous model endpoint: a SageMaker endpoint (by name, through the SageMaker
+    runtime API), a SageMaker-compatible model container reached directly at ``url``
+    (``POST {url}/invocations``, e.g. the same image on ECS or Kubernetes), or an OIP v2
+    model server at ``url``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     endpoint_name: Annotated[str, Field(min_length=1, max_length=63)]
-    protocol: Literal["sagemaker", "oip-v2"] = "sagemaker"
-    url: str | None = None  # base URL of an OIP v2 model server (protocol oip-v2)
+    protocol: Literal["sagemaker", "container", "oip-v2"] = "sagemaker"
+    url: str | None = None  # base URL of the model server (protocols container, oip-v2)
     oip_model: str | None = None  # the model's name on that server (default: endpoint_name)
     capacity: Annotated[int, Field(ge=1, le=10_000)] = 8  # in flight before it is saturated
     expected_latency_ms: Annotated[float, Field(gt=0)] = 50.0  # until measured
@@ -46,8 +49,8 @@ class EndpointTarget(BaseModel):
 
     @model_validator(mode="after")
     def _oip_needs_url(self) -> EndpointTarget:
-        if self.protocol == "oip-v2" and not self.url:
-            raise ValueError("an oip-v2 endpoint needs a url")
+        if self.protocol != "sagemaker" and not self.url:
+            raise ValueError(f"a {self.protocol} endpoint needs a url")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("url must be http(s)")
         return self

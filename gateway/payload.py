@@ -163,7 +163,19 @@ def _as_rows(value: Any, field: str) -> list[list[float]]:
     return rows
 
 
+_PLAIN = frozenset({int, float})
+
+
 def _numbers(row: list[Any], number: int) -> list[float]:
+    # The common case in one pass of builtins: plain numbers whose sum is finite are all
+    # finite; ints are then checked for size. Anything else takes the precise walk below.
+    kinds = set(map(type, row))
+    try:
+        plain = kinds <= _PLAIN and math.isfinite(sum(row))
+    except OverflowError:  # an int too large for a float
+        plain = False
+    if plain and (int not in kinds or max(abs(v) for v in row if type(v) is int) <= 2**53):
+        return row
     for column, value in enumerate(row, start=1):
         # bool is an int subclass in Python; true/false are not features.
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -49,6 +49,19 @@ class EndpointInvoker(Protocol):
     ) -> BackendReply: ...
 
 
+class AsyncEndpointInvoker(Protocol):
+    """``EndpointInvoker`` for an event loop (the container front end)."""
+
+    async def invoke(
+        self,
+        target: EndpointTarget,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        timeout_s: float,
+    ) -> BackendReply: ...
+
+
 class LimitStore(Protocol):
     """Shared token buckets. ``lease`` atomically takes up to ``want`` tokens from the
     bucket of ``limit`` (creating it full) and reports what is left."""

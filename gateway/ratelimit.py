@@ -103,7 +103,7 @@ class LeasedLimiter:
         clock: Callable[[], float] = time.time,
         lease_s: float = 0.2,
         lease_ttl_s: float = 2.0,
-        max_batch: int = 100,
+        max_batch: int = 1000,
         executor: Executor | None = None,
     ) -> None:
         self._store = store
@@ -139,13 +139,18 @@ class LeasedLimiter:
                     return self._deny(limit, local, local.blocked_until - now)
             local.tokens -= 1
             remaining = local.tokens + math.floor(local.remote_remaining)
-            low = local.tokens <= self.batch(limit) // 2
-            refill = low and not local.refilling and local.blocked_until <= now
+            batch = self.batch(limit)
+            low = local.tokens <= batch // 2
+            # A lease about to expire is topped up in time, so that a slow spender never
+            # meets an expired lease (a store round trip on the request path).
+            expiring = local.expires - now < self._lease_ttl / 2
+            refill = (low or expiring) and not local.refilling and local.blocked_until <= now
+            want = batch if low else max(1, batch - local.tokens)
             if refill:
                 local.refilling = True
         if refill:
             # Submitted outside the lock: the refill takes the same lock when it lands.
-            self._executor.submit(self._refill, limit, local)
+            self._executor.submit(self._refill, limit, local, want)
         return Verdict(True, limit, max(0, remaining))
 
     def _deny(self, limit: Limit, local: _Local, wait: float) -> Verdict:
@@ -153,13 +158,13 @@ class LeasedLimiter:
 
     def _lease(self, limit: Limit, local: _Local, now: float) -> None:
         self.store_calls += 1
-        self._apply(limit, local, self._store.lease(limit, self.batch(limit), now), now)
+        want = self.batch(limit)
+        self._apply(limit, local, self._store.lease(limit, want, now), now, want)
 
-    def _apply(self, limit: Limit, local: _Local, grant: Grant, now: float) -> None:
+    def _apply(self, limit: Limit, local: _Local, grant: Grant, now: float, want: int) -> None:
         local.tokens += grant.granted
         local.remote_remaining = grant.remaining
         local.expires = now + self._lease_ttl
-        want = self.batch(limit)
         if grant.granted < want:
             # The shared bucket is nearly dry. Coming back for every token it refills
             # would cost a store call per request; wait until a whole batch has refilled
@@ -171,16 +176,16 @@ class LeasedLimiter:
                 wait = min(wait, max(1.0, limit.expires_at - now))
             local.blocked_until = now + min(wait, 366 * 86_400.0)
 
-    def _refill(self, limit: Limit, local: _Local) -> None:
+    def _refill(self, limit: Limit, local: _Local, want: int) -> None:
         # The store call happens outside the lock: requests keep spending the tokens left
         # while the next batch is on its way.
         try:
             now = self._clock()
             self.store_calls += 1
-            grant = self._store.lease(limit, self.batch(limit), now)
+            grant = self._store.lease(limit, want, now)
         except DependencyUnavailableError:
             return  # the request path will retry, and apply the failure mode if it must
         finally:
             local.refilling = False
         with local.lock:
-            self._apply(limit, local, grant, now)
+            self._apply(limit, local, grant, now, want)

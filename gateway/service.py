@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from gateway import payload, routing
 from gateway.admission import Admission, Ticket
@@ -44,6 +46,7 @@ class CachedPolicyStore:
         ttl_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         stale_s: float = 300.0,
+        refresh_ahead: Executor | None = None,
     ) -> None:
         self._inner = inner
         self._stale_s = stale_s
@@ -51,11 +54,22 @@ class CachedPolicyStore:
         self._clock = clock
         self._entries: dict[str, tuple[float, ModelPolicy | None]] = {}
         self._all: tuple[float, list[ModelPolicy]] | None = None
+        # With an executor, a policy in its last quarter of life is re-read in the
+        # background, so a busy model never waits on the store (an event loop never blocks).
+        self._refresh_ahead = refresh_ahead
+        self._refreshing: set[str] = set()
 
     def get(self, model: str) -> ModelPolicy | None:
         now = self._clock()
         hit = self._entries.get(model)
         if hit is not None and hit[0] > now:
+            if (
+                self._refresh_ahead is not None
+                and hit[0] - now < self._ttl / 4
+                and model not in self._refreshing
+            ):
+                self._refreshing.add(model)
+                self._refresh_ahead.submit(self._refresh, model)
             return hit[1]
         try:
             policy = self._inner.get(model)
@@ -65,10 +79,25 @@ class CachedPolicyStore:
             if hit is not None and now - hit[0] < self._stale_s:
                 return hit[1]
             raise
+        self._remember(model, policy)
+        return policy
+
+    def _refresh(self, model: str) -> None:
+        try:
+            policy = self._inner.get(model)
+        except Exception:  # the request path reads it itself once the entry expires
+            return
+        finally:
+            self._refreshing.discard(model)
+        known = self._entries.get(model, (0.0, None))[1]
+        if known is not None and policy is not None and policy.revision < known.revision:
+            return  # read before a put through this cache landed: keep the newer one
+        self._remember(model, policy)
+
+    def _remember(self, model: str, policy: ModelPolicy | None) -> None:
         if len(self._entries) > 10_000:  # unknown model names must not grow memory forever
             self._entries.clear()
-        self._entries[model] = (now + self._ttl, policy)
-        return policy
+        self._entries[model] = (self._clock() + self._ttl, policy)
 
     def list(self) -> list[ModelPolicy]:
         now = self._clock()
@@ -88,6 +117,24 @@ class CachedPolicyStore:
         self._inner.delete(model)
         self._entries.pop(model, None)
         self._all = None
+
+
+@dataclass
+class Invocation:
+    """One invocation between admission and answer: what the backend call needs (the plan,
+    its targets, the media type, the deadlines) and what ending it needs (the ticket)."""
+
+    principal: Principal
+    policy: ModelPolicy
+    request: InvocationRequest
+    ticket: Ticket
+    clock: tuple[float, float, float]  # started, limited, routed
+    steps: list[RouteDecision]
+    targets: routing.Targets
+    media: str
+    timeout_ms: float
+    deadline: float  # on the live state's clock: give up here
+    budget_end: float  # no fallback that would end after this
 
 
 class NoSpans:
@@ -145,6 +192,26 @@ class Gateway:
         return self._usage_store.query(tenant or principal.tenant, since_day)
 
     def invoke(self, principal: Principal, request: InvocationRequest) -> InvocationOutcome:
+        call = self.begin(principal, request)
+        try:
+            with self._spans.span("backend"):
+                attempt = self.dispatcher.call_sync(
+                    call.steps,
+                    call.targets,
+                    request.body,
+                    call.media,
+                    request.accept,
+                    call.deadline,
+                    call.budget_end,
+                )
+        except BaseException:
+            self.abandon(call)
+            raise
+        return self.finish(call, attempt)
+
+    def begin(self, principal: Principal, request: InvocationRequest) -> Invocation:
+        """Authorize, admit and plan one invocation. Every call begun is ended by exactly
+        one of :meth:`finish` (with the backend's attempt) or :meth:`abandon`."""
         started = self._clock()
         require_scope(principal, Scope.INVOKE)
         policy = self.policy_for(principal, request.model)
@@ -155,59 +222,73 @@ class Gateway:
             self.metrics.record(policy.model, "limited", error.status, 0.0)
             raise
         limited = self._clock()
-        ok = False
-        route, status = "none", 500
         try:
-            outcome = self._route_and_call(principal, policy, request, started, limited)
-            ok = True
-            route, status = outcome.decision.backend.value, outcome.status
-        except GatewayError as error:
-            error.headers = {**ticket.headers, **error.headers}
-            status = error.status
+            with self._spans.span("route"):
+                steps, targets, media = self._plan(principal, policy, request)
+        except BaseException as error:
+            self._close(principal, policy, ticket, started, error)
             raise
-        finally:
-            ticket.release()
-            self.metrics.record(policy.model, route, status, (self._clock() - started) * 1000)
-            if self._usage is not None:
-                self._usage.record(principal.tenant, policy.model, ok)
-        outcome.headers.update(ticket.headers)
-        outcome.timings_ms = {"limit": (limited - started) * 1000, **outcome.timings_ms}
-        return outcome
-
-    def _route_and_call(
-        self,
-        principal: Principal,
-        policy: ModelPolicy,
-        request: InvocationRequest,
-        started: float,
-        limited: float,
-    ) -> InvocationOutcome:
-        with self._spans.span("route"):
-            steps, targets, media = self._plan(principal, policy, request)
         routed = self._clock()
         budget_ms, timeout_ms = routing.budgets(policy, request.hints)
-        now = self.live.now()
-        elapsed_s = routed - started
-        with self._spans.span("backend"):
-            attempt = self.dispatcher.call_sync(
-                steps,
-                targets,
-                request.body,
-                media,
-                request.accept,
-                deadline=now + timeout_ms / 1000 - elapsed_s,
-                budget_end=now + budget_ms / 1000 - elapsed_s,
-            )
-        return self._answer(
+        now, elapsed_s = self.live.now(), routed - started
+        return Invocation(
             principal,
             policy,
             request,
-            media,
+            ticket,
+            (started, limited, routed),
+            steps,
             targets,
-            attempt,
+            media,
             timeout_ms,
-            {"route": (routed - limited) * 1000, "backend": (self._clock() - routed) * 1000},
+            deadline=now + timeout_ms / 1000 - elapsed_s,
+            budget_end=now + budget_ms / 1000 - elapsed_s,
         )
+
+    def finish(self, call: Invocation, attempt: Attempt) -> InvocationOutcome:
+        """The answer to a begun call, given what its backend call came to. Blocking I/O
+        (a job's input to the store) when the plan ended in the async backend."""
+        started, limited, routed = call.clock
+        timings = {
+            "limit": (limited - started) * 1000,
+            "route": (routed - limited) * 1000,
+            "backend": (self._clock() - routed) * 1000,
+        }
+        try:
+            outcome = self._answer(call, attempt, timings)
+        except BaseException as error:
+            self._end(call, error)
+            raise
+        self._end(call, outcome)
+        return outcome
+
+    def abandon(self, call: Invocation) -> None:
+        """End a begun call that will not be finished (its caller was cancelled)."""
+        self._end(call, None)
+
+    def _end(self, call: Invocation, result: InvocationOutcome | BaseException | None) -> None:
+        self._close(call.principal, call.policy, call.ticket, call.clock[0], result)
+
+    def _close(
+        self,
+        principal: Principal,
+        policy: ModelPolicy,
+        ticket: Ticket,
+        started: float,
+        result: InvocationOutcome | BaseException | None,
+    ) -> None:
+        ticket.release()
+        if isinstance(result, InvocationOutcome):
+            route, status = result.decision.backend.value, result.status
+            result.headers.update(ticket.headers)
+        elif isinstance(result, GatewayError):
+            route, status = "none", result.status
+            result.headers = {**ticket.headers, **result.headers}
+        else:
+            route, status = "none", 500
+        self.metrics.record(policy.model, route, status, (self._clock() - started) * 1000)
+        if self._usage is not None:
+            self._usage.record(principal.tenant, policy.model, route != "none")
 
     def _plan(
         self, principal: Principal, policy: ModelPolicy, request: InvocationRequest
@@ -232,19 +313,12 @@ class Gateway:
         return steps, targets, media
 
     def _answer(
-        self,
-        principal: Principal,
-        policy: ModelPolicy,
-        request: InvocationRequest,
-        media: str,
-        targets: routing.Targets,
-        attempt: Attempt,
-        timeout_ms: float,
-        timings: dict[str, float],
+        self, call: Invocation, attempt: Attempt, timings: dict[str, float]
     ) -> InvocationOutcome:
+        policy, request, targets, media = call.policy, call.request, call.targets, call.media
         decision = attempt.decision
         if decision.backend is Backend.ASYNC:
-            return self._enqueue(principal, policy, request, media, targets, decision, timings)
+            return self._enqueue(call.principal, policy, request, media, targets, decision, timings)
         if attempt.error is not None or attempt.reply is None:
             raise attempt.error or BackendUnavailableError(
                 f"No backend of '{policy.model}' answered in time.", retry_after_s=1
@@ -266,7 +340,7 @@ class Gateway:
                 media,
                 request.accept,
                 attempt.reply.body,
-                timeout_s=timeout_ms / 1000,
+                timeout_s=call.timeout_ms / 1000,
             )
         return InvocationOutcome(
             status=200,
@@ -292,8 +366,12 @@ class Gateway:
         require_scope(principal, Scope.JOBS)
         # The job's output in the form a sync call would have answered: JSON, unless the
         # client asked for NDJSON or CSV.
-        accept = request.accept.split(",")[0].split(";")[0].strip().lower()
-        if accept not in ("application/x-ndjson", "text/csv"):
+        accept = request.accept.split(",")[0].strip()
+        if accept.split(";")[0].strip().lower() not in (
+            "application/x-ndjson",
+            "text/csv",
+            "application/x-npy",
+        ):
             accept = "application/json"
         job = self.jobs.submit_inline(
             principal,

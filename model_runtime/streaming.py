@@ -1,8 +1,12 @@
 """Large inputs in bounded memory: batches of rows from a byte stream, and predictions
-written back out as NDJSON, JSON or CSV, a batch at a time.
+written back out as NDJSON, JSON, CSV or .npy, a batch at a time.
 
 Row numbers in errors are 1-based over the whole input, so a client can find row
-1,048,577 of a 2 GB upload."""
+1,048,577 of a 2 GB upload.
+
+The .npy path is binary end to end: each read from the stream (about a MiB, a whole number
+of batches) is viewed in place by numpy - no parsing, no copy when the file is float32 - and
+each batch's output tensor is written as its raw bytes behind one .npy header."""
 
 from __future__ import annotations
 
@@ -10,28 +14,62 @@ import ast
 import io
 import json
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from gateway import payload as payloads
-from gateway.errors import GatewayError, MalformedRequestError, SchemaMismatchError
+from gateway.errors import (
+    GatewayError,
+    MalformedRequestError,
+    SchemaMismatchError,
+    UnsupportedMediaTypeError,
+)
 from model_runtime.codecs import output_rows
 
 Batch = tuple[int, np.ndarray]  # (number of the batch's first row, rows)
+
+NDJSON = payloads.NDJSON
+JSON = payloads.JSON
+CSV = payloads.CSV
+NPY = payloads.NPY
+# What a job's ``accept`` may name; anything else (or a wildcard) gets NDJSON.
+OUTPUT_TYPES = (NDJSON, JSON, CSV, NPY)
+
+
+@dataclass
+class Batches:
+    """The batches of one input, and its row count when the input states it up front (an
+    .npy header does; text formats do not)."""
+
+    rows: int | None
+    _batches: Iterator[Batch]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches
+
+
+def read_batches(
+    stream: BinaryIO, content_type: str, batch_rows: int, features: int | None
+) -> Batches:
+    """Batches of ``stream``. An .npy header is read and checked here, at once; text is
+    read and parsed batch by batch as the batches are taken."""
+    kind = payloads.media_type(content_type)
+    if kind == NPY:
+        dtype, rows, width = _npy_header(stream, features)
+        return Batches(rows, _npy_batches(stream, dtype, rows, width, batch_rows))
+    if kind == JSON:
+        return Batches(None, _json_batches(stream, batch_rows, features))
+    return Batches(None, _line_batches(stream, kind, batch_rows, features))
 
 
 def iter_batches(
     stream: BinaryIO, content_type: str, batch_rows: int, features: int | None
 ) -> Iterator[Batch]:
-    kind = payloads.media_type(content_type)
-    if kind == payloads.NPY:
-        yield from _npy_batches(stream, batch_rows, features)
-    elif kind == payloads.JSON:
-        yield from _json_batches(stream.read(), batch_rows, features)
-    else:
-        yield from _line_batches(stream, kind, batch_rows, features)
+    yield from read_batches(stream, content_type, batch_rows, features)
 
 
 def _check(matrix: np.ndarray, first_row: int, features: int | None) -> np.ndarray:
@@ -148,8 +186,8 @@ def _precise_matrix(
     return np.asarray(decoded.rows, dtype=np.float32)
 
 
-def _json_batches(body: bytes, batch_rows: int, features: int | None) -> Iterator[Batch]:
-    decoded = payloads.decode(body, payloads.JSON)
+def _json_batches(stream: BinaryIO, batch_rows: int, features: int | None) -> Iterator[Batch]:
+    decoded = payloads.decode(stream.read(), payloads.JSON)
     if decoded.rows is None:
         raise SchemaMismatchError("Send rows, not a tensor of higher rank.")
     matrix = _rows_matrix(decoded.rows, 1, features)
@@ -157,71 +195,163 @@ def _json_batches(body: bytes, batch_rows: int, features: int | None) -> Iterato
         yield start + 1, matrix[start : start + batch_rows]
 
 
-def _npy_batches(stream: BinaryIO, batch_rows: int, features: int | None) -> Iterator[Batch]:
-    head = stream.read(10)
-    if len(head) < 10 or not head.startswith(b"\x93NUMPY"):
-        raise MalformedRequestError("The input is not an .npy file (bad magic).")
-    if head[6] == 1:
-        (length,) = struct.unpack("<H", head[8:10])
-        header_bytes = stream.read(length)
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 10_000  # numpy's own limit on what it will parse
+
+
+_READ_PIECE = 8 << 20  # the most asked of a stream at once: a header cannot make it allocate more
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    """``size`` bytes, or fewer only at the end of the stream: one read when the stream gives
+    all at once, as files and S3 bodies do; pieces of at most 8 MiB otherwise, so a header
+    that claims terabytes costs only the bytes that are really there."""
+    if size <= _READ_PIECE:
+        data = stream.read(size)
+        if len(data) == size or not data:
+            return data
+        parts, got = [data], len(data)
     else:
-        more = stream.read(2)
-        (length,) = struct.unpack("<I", head[8:10] + more)
-        header_bytes = stream.read(length)
+        parts, got = [], 0
+    while got < size:
+        more = stream.read(min(size - got, _READ_PIECE))
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _npy_header(stream: BinaryIO, features: int | None) -> tuple[np.dtype[Any], int, int]:
+    """(dtype, rows, row width) from an .npy header; the stream is left at the data."""
+    head = _read_exact(stream, 10)
+    if len(head) < 10 or not head.startswith(_NPY_MAGIC):
+        raise MalformedRequestError("The input is not an .npy file (bad magic).")
+    major = head[6]
+    if major == 1:
+        (length,) = struct.unpack("<H", head[8:10])
+    elif major in (2, 3):
+        (length,) = struct.unpack("<I", head[8:10] + _read_exact(stream, 2).ljust(2, b"\0"))
+    else:
+        raise MalformedRequestError(f"Unsupported .npy format version {major}.")
+    if length > _NPY_MAX_HEADER:
+        raise MalformedRequestError(f"The .npy header is {length} bytes, too long to read.")
+    header_bytes = _read_exact(stream, length)
     try:
-        header = ast.literal_eval(header_bytes.decode("latin1"))
+        if len(header_bytes) != length:
+            raise ValueError("short header")
+        header = ast.literal_eval(header_bytes.decode("utf-8" if major == 3 else "latin1"))
         dtype = np.dtype(header["descr"])
-        shape = tuple(header["shape"])
+        shape = header["shape"]
         fortran = header["fortran_order"]
+        if not isinstance(shape, tuple) or not isinstance(fortran, bool):
+            raise ValueError("bad header fields")
+        if not all(type(n) is int and n >= 0 for n in shape):
+            raise ValueError("bad shape")
     except Exception:
         raise MalformedRequestError("The .npy header cannot be read.") from None
-    if fortran or dtype.kind not in "fiu" or len(shape) not in (1, 2):
+    if fortran or dtype.kind not in "fiu" or len(shape) not in (1, 2) or shape[-1] == 0:
         raise SchemaMismatchError(f"Unsupported .npy layout: dtype {dtype}, shape {shape}.")
     rows, width = (1, shape[0]) if len(shape) == 1 else shape
     _check(np.zeros((0, width)), 1, features)
+    return dtype, rows, width
+
+
+_NPY_READ_BYTES = 1 << 20  # what one read of .npy data aims at: fits a core's L2 cache
+
+
+def _npy_batches(
+    stream: BinaryIO, dtype: np.dtype[Any], rows: int, width: int, batch_rows: int
+) -> Iterator[Batch]:
+    """One read covers a whole number of batches (about a MiB); the batches are views of
+    it. Float32 data reaches the model without a copy, other dtypes are converted once a
+    read, and the NaN check is one vectorised pass: no per-row Python."""
     row_bytes = width * dtype.itemsize
-    for start in range(0, rows, batch_rows):
-        count = min(batch_rows, rows - start)
-        data = stream.read(count * row_bytes)
+    per_read = max(1, _NPY_READ_BYTES // (batch_rows * row_bytes)) * batch_rows
+    floats = dtype.kind == "f"
+    convert = dtype != np.float32  # integers, other widths, big-endian floats
+    for start in range(0, rows, per_read):
+        count = min(per_read, rows - start)
+        data = _read_exact(stream, count * row_bytes)
         if len(data) != count * row_bytes:
-            raise MalformedRequestError(f"The .npy data ends early, at row {start + 1}.")
-        matrix = np.frombuffer(data, dtype=dtype).reshape(count, width).astype(np.float32)
-        if not np.isfinite(matrix).all():
-            bad = int(np.argwhere(~np.isfinite(matrix))[0][0]) + start + 1
+            raise MalformedRequestError(
+                f"The .npy data ends early, at row {start + len(data) // row_bytes + 1} of {rows}."
+            )
+        chunk = np.frombuffer(data, dtype=dtype).reshape(count, width)
+        if convert:
+            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+                chunk = chunk.astype(np.float32)
+        # A float64 input may overflow float32, so the check comes after the cast.
+        if floats and not np.isfinite(chunk).all():
+            bad = int(np.argwhere(~np.isfinite(chunk))[0][0]) + start + 1
             raise SchemaMismatchError(f"Row {bad} contains NaN or infinity.", row=bad)
-        yield start + 1, matrix
+        for offset in range(0, count, batch_rows):
+            yield start + offset + 1, chunk[offset : offset + batch_rows]
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class OutputWriter:
-    """Predictions to bytes, a batch at a time, in the job's output format."""
+    """Predictions to bytes, a batch at a time, in the job's output format.
 
-    def __init__(self, accept: str) -> None:
-        base = (accept or "application/x-ndjson").split(";")[0].strip().lower()
-        self.content_type = {
-            "application/json": "application/json",
-            "text/csv": "text/csv",
-        }.get(base, "application/x-ndjson")
+    ``batch`` gives the bytes that follow for one batch (maybe none), ``end`` the rest.
+
+    ``application/x-npy``: one .npy file of one output tensor, row i for input row i -
+    the model's ``probabilities`` when it has them (float32, rows x classes), else its first
+    output; ``application/x-npy; output=label`` names another. When the input's row count
+    is known up front (``rows``: an .npy input's header states it) the header goes out with
+    the first batch and every batch's bytes at once. Otherwise (text input) the data is
+    spooled - in memory up to ``spool_bytes``, then in a temporary file - and header and data
+    come from ``end``: the output is a fraction of the input's size (40 bytes a row for ten
+    float32 probabilities against ~250 bytes of NDJSON in), so this costs no memory bound.
+    Call ``close`` when done, whatever happened."""
+
+    def __init__(self, accept: str, rows: int | None = None, spool_bytes: int = 32 << 20) -> None:
+        first = (accept or NDJSON).split(",")[0]
+        base, _, params = first.partition(";")
+        base = base.strip().lower()
+        self.content_type = base if base in OUTPUT_TYPES else NDJSON
         self._first = True
+        self._tensor = _param(params, "output")
+        self._name = ""  # the output tensor an .npy output holds, fixed by the first batch
+        self._rows = rows
+        self._spool_bytes = spool_bytes
+        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
+        self._dtype: np.dtype[Any] | None = None
+        self._tail: tuple[int, ...] = ()
+        self._written = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether a batch has been seen (an .npy output's header needs one: of an empty
+        input, give ``batch`` the model's outputs for zero rows)."""
+        return not self._first
 
     def batch(self, outputs: dict[str, np.ndarray]) -> bytes:
-        if self.content_type == "application/x-ndjson":
+        if self.content_type == NPY:
+            return self._npy(outputs)
+        if self.content_type == NDJSON:
+            self._first = False
             return _ndjson(outputs)
         rows = output_rows(outputs)
-        if self.content_type == "text/csv":
-            return self._csv(rows)
-        if self.content_type == "application/json":
-            prefix = b'{"predictions":[' if self._first else b","
+        if self.content_type == CSV:
             self._first = False
-            return prefix + b",".join(_dumps(r) for r in rows)
-        return _ndjson(outputs)
+            return self._csv(rows)
+        prefix = b'{"predictions":[' if self._first else b","
+        self._first = False
+        return prefix + b",".join(_dumps(r) for r in rows)
 
-    def end(self) -> bytes:
-        if self.content_type == "application/json":
-            return (b'{"predictions":[' if self._first else b"") + b"]}"
-        return b""
+    def end(self) -> Iterator[bytes]:
+        if self.content_type == JSON:
+            yield (b'{"predictions":[' if self._first else b"") + b"]}"
+        elif self.content_type == NPY:
+            yield from self._npy_end()
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def _csv(self, rows: Iterable[dict[str, Any]]) -> bytes:
         out = io.StringIO()
@@ -231,6 +361,113 @@ class OutputWriter:
                 cells.extend(str(v) for v in (value if isinstance(value, list) else [value]))
             out.write(",".join(cells) + "\n")
         return out.getvalue().encode()
+
+    # -- .npy --------------------------------------------------------------------------
+    def _npy(self, outputs: dict[str, np.ndarray]) -> bytes:
+        if self._dtype is None:
+            return self._npy_first(outputs)
+        value = outputs.get(self._name)
+        if (
+            type(value) is not np.ndarray
+            or value.dtype != self._dtype
+            or value.shape[1:] != self._tail
+        ):
+            value = self._pick(outputs)  # a missing or non-numeric output: its own problem
+            raise UnsupportedMediaTypeError(
+                f"The model's output '{self._name}' changed from {self._dtype} "
+                f"{list(self._tail)} to {value.dtype} {list(value.shape[1:])} per row between "
+                f"batches; it cannot be one .npy file. Ask for {NDJSON}.",
+            )
+        self._written += len(value)
+        if self._rows is not None and self._written > self._rows:
+            raise self._row_mismatch()
+        if self._spool is not None:
+            self._spool.write(value.tobytes())
+            return b""
+        return value.tobytes()  # C order, as the header says
+
+    def _npy_first(self, outputs: dict[str, np.ndarray]) -> bytes:
+        value = self._pick(outputs)
+        self._first = False
+        self._dtype, self._tail = value.dtype, tuple(value.shape[1:])
+        if self._rows is None:
+            # Lives across calls; ``close`` (or the garbage collector) removes it.
+            self._spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                max_size=self._spool_bytes
+            )
+            self._spool.write(value.tobytes())
+            self._written = len(value)
+            return b""
+        self._written = len(value)
+        if self._written > self._rows:
+            raise self._row_mismatch()
+        return npy_header(self._dtype, (self._rows, *self._tail)) + value.tobytes()
+
+    def _pick(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        if self._first:
+            if self._tensor is not None:
+                name = self._tensor
+            else:
+                name = "probabilities" if "probabilities" in outputs else next(iter(outputs))
+            self._name = name
+        name = self._name
+        if name not in outputs:
+            raise UnsupportedMediaTypeError(
+                f"The model has no output '{name}' to write as {NPY}; its outputs: "
+                f"{', '.join(outputs)}.",
+                outputs=list(outputs),
+            )
+        value = outputs[name]
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf" or not value.ndim:
+            what = (
+                f"{value.dtype} tensor of shape {list(value.shape)}"
+                if isinstance(value, np.ndarray)
+                else type(value).__name__
+            )
+            raise UnsupportedMediaTypeError(
+                f"The model's output '{name}' is a {what}, not numbers one row per input row: "
+                f"it cannot be written as {NPY}. Ask for {NDJSON} or {JSON}.",
+            )
+        return value
+
+    def _npy_end(self) -> Iterator[bytes]:
+        if self._dtype is None:
+            raise ValueError("An .npy output needs one batch of outputs, if of zero rows.")
+        if self._spool is None:
+            if self._written != self._rows:
+                raise self._row_mismatch()
+            return
+        self._spool.seek(0)
+        yield npy_header(self._dtype, (self._written, *self._tail))
+        while chunk := self._spool.read(8 << 20):
+            yield chunk
+
+    def _row_mismatch(self) -> GatewayError:
+        return UnsupportedMediaTypeError(
+            f"The model's output '{self._name}' has {self._written} rows for {self._rows} input "
+            f"rows so far: it is not one row per input row and cannot be written as {NPY}. "
+            f"Ask for {NDJSON} or {JSON}.",
+        )
+
+
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """The header ``np.save`` writes for a C-order array of ``dtype`` and ``shape``."""
+    out = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        np.lib.format.write_array_header_1_0(out, header)
+    except ValueError:  # a header over 64 KiB: format 2.0 (not for any sane shape)
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(out, header)
+    return out.getvalue()
+
+
+def _param(params: str, name: str) -> str | None:
+    for item in params.split(";"):
+        key, _, value = item.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"') or None
+    return None
 
 
 def _ndjson(outputs: dict[str, np.ndarray]) -> bytes:

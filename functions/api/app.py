@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 import time
@@ -22,14 +21,12 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from functions import bootstrap
-from functions.api import openapi
+from functions.api import invocation, openapi
 from functions.api.admin_routes import router as admin_router
 from functions.api.context import headers as request_headers
 from functions.api.context import principal, raw_body
 from functions.api.job_routes import router as job_router
 from functions.problems import PROBLEM_JSON, problem_body, problem_headers
-from gateway import payload
-from gateway.adapters.emf import emf
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -38,8 +35,7 @@ from gateway.errors import (
     NotFoundError,
     all_problem_types,
 )
-from gateway.hints import parse_hints
-from gateway.models import InvocationRequest, ModelSummary
+from gateway.models import ModelSummary
 
 logger = Logger(service="infergw-api")
 
@@ -95,74 +91,24 @@ def invoke(model: str):  # type: ignore[no-untyped-def]
 
 def invoke_event(event: APIGatewayProxyEventV2, model: str) -> dict[str, Any]:
     """The hot path, free of powertools' per-request state (kept on the resolver class),
-    so that one process may serve many invocations at once (the container mode)."""
+    so that one process may serve many invocations at once."""
     started = time.perf_counter()
     try:
-        headers = request_headers(event)
-        payload.check_encoding(headers.get("content-encoding"))
-        request = InvocationRequest(
-            model=model,
-            body=raw_body(event),
-            content_type=headers.get("content-type", "application/json"),
-            accept=headers.get("accept") or "application/json",
-            hints=parse_hints(headers),
-            correlation_id=event.request_context.request_id,
+        request = invocation.parse_request(
+            model, request_headers(event), raw_body(event), event.request_context.request_id
         )
         outcome = bootstrap.gateway().invoke(principal(event), request)
     except GatewayError as error:
-        route = "limited" if error.status == 429 else "rejected" if error.status < 500 else "failed"
-        _signals(model, route, error.status, (time.perf_counter() - started) * 1000)
-        return {
-            "status_code": error.status,
-            "content_type": PROBLEM_JSON,
-            "body": problem_body(error, instance=event.path),
-            "headers": problem_headers(error),
-        }
-    reason = outcome.decision.reason
-    route = outcome.decision.backend.value
-    _signals(
-        model,
-        route,
-        outcome.status,
-        (time.perf_counter() - started) * 1000,
-        Spillover=int(route == "serverless" and reason.startswith("realtime-")),
-        Fallback=int(reason.startswith("fallback")),
-        BackendColdStart=int("cold-start" in outcome.timings_ms),
-    )
-    timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
+        answer = invocation.problem(model, error, event.path, started)
+    else:
+        answer = invocation.answer(model, outcome, started)
+    text = answer.content_type.endswith("json")
     return {
-        "status_code": outcome.status,
-        "content_type": outcome.content_type,
-        "body": outcome.body.decode() if outcome.content_type.endswith("json") else outcome.body,
-        "headers": {
-            **outcome.headers,
-            "X-Inference-Route": outcome.decision.header(),
-            "X-Model-Variant": outcome.decision.variant,
-            "X-Model-Version": outcome.model_version,
-            "Server-Timing": timing,
-        },
+        "status_code": answer.status,
+        "content_type": answer.content_type,
+        "body": answer.body.decode() if text else answer.body,
+        "headers": answer.headers,
     }
-
-
-def _signals(model: str, route: str, status: int, latency_ms: float, **extra: int) -> None:
-    """EMF, one line per invocation: traffic, errors, latency per model and route, and the
-    router's spillover, fallback and cold-start counts."""
-    if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() == "true":
-        return
-    print(
-        emf(
-            {
-                "Requests": 1,
-                "Errors": int(status >= 500),
-                "Limited": int(status == 429),
-                "Latency": round(latency_ms, 3),
-                **extra,
-            },
-            model=model,
-            route=route,
-        ),
-        flush=True,
-    )
 
 
 @app.get("/v1/usage", summary="The caller's usage per day and model")

@@ -28,6 +28,7 @@ _ERRORS = {
     "403": "Not allowed",
     "404": "Unknown model or job (also another tenant's)",
     "405": "Method not allowed",
+    "406": "Output type not offered (async jobs)",
     "409": "Conflict",
     "413": "Too large for a synchronous call",
     "415": "Unsupported content type",

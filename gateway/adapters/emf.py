@@ -6,26 +6,34 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 
 _UNITS = {"JobSeconds": "Seconds", "JobAgeSeconds": "Seconds", "Latency": "Milliseconds"}
 
 
 def emf(metrics: dict[str, float], **dimensions: str) -> str:
-    return json.dumps(
-        {
-            "_aws": {
-                "Timestamp": int(time.time() * 1000),
-                "CloudWatchMetrics": [
-                    {
-                        "Namespace": "infergw",
-                        "Dimensions": [sorted(dimensions)],
-                        "Metrics": [
-                            {"Name": name, "Unit": _UNITS.get(name, "Count")} for name in metrics
-                        ],
-                    }
-                ],
-            },
-            **dimensions,
-            **metrics,
-        }
+    # The line's shape depends only on the metric names and the dimensions, which repeat
+    # from request to request: it is serialised once, and only the numbers per call.
+    head, tail = _template(tuple(metrics), tuple(sorted(dimensions.items())))
+    values = ",".join(f'"{name}":{_json_number(value)}' for name, value in metrics.items())
+    return f"{head}{int(time.time() * 1000)}{tail}{values}}}"
+
+
+@lru_cache(maxsize=4096)
+def _template(names: tuple[str, ...], dimensions: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    declaration = json.dumps(
+        [
+            {
+                "Namespace": "infergw",
+                "Dimensions": [[key for key, _ in dimensions]],
+                "Metrics": [{"Name": name, "Unit": _UNITS.get(name, "Count")} for name in names],
+            }
+        ]
     )
+    labels = "".join(f"{json.dumps(key)}: {json.dumps(value)}, " for key, value in dimensions)
+    return '{"_aws": {"Timestamp": ', f', "CloudWatchMetrics": {declaration}}}, {labels}'
+
+
+def _json_number(value: float) -> str:
+    # repr of a Python int or finite float is its JSON (numpy scalars are converted first).
+    return repr(int(value)) if isinstance(value, int) else repr(float(value))

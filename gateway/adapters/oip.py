@@ -31,41 +31,66 @@ class HttpOipInvoker:
     def invoke(
         self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
     ) -> BackendReply:
-        decoded = payloads.decode(body, content_type)
-        if decoded.rows is None:
-            raise SchemaMismatchError("This backend takes rows (JSON, CSV, NDJSON), not .npy.")
-        name = target.oip_model or target.endpoint_name
-        request = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "shape": [len(decoded.rows), len(decoded.rows[0])],
-                    "datatype": "FP32",
-                    "data": [v for row in decoded.rows for v in row],
-                }
-            ]
-        }
-        url = f"{str(target.url).rstrip('/')}/v2/models/{name}/infer"
+        name, path = infer_path(target)
+        request = infer_request(body, content_type)
+        url = f"{str(target.url).rstrip('/')}{path}"
         try:
-            response = self._client.post(url, json=request, timeout=max(0.001, timeout_s))
+            response = self._client.post(
+                url,
+                content=request,
+                headers={"content-type": "application/json"},
+                timeout=max(0.001, timeout_s),
+            )
         except httpx.TimeoutException as exc:
             raise BackendTimeoutError(f"'{name}' did not answer within {timeout_s:.2f} s.") from exc
         except httpx.TransportError as exc:
             raise BackendUnavailableError(f"'{name}' is unreachable.", retry_after_s=5) from exc
-        if 400 <= response.status_code < 500:
-            raise SchemaMismatchError(_error_text(response), backend_status=response.status_code)
-        if response.status_code >= 500:
-            raise BackendError(
-                f"'{name}' failed with {response.status_code}: {_error_text(response)}"
-            )
-        return BackendReply(_as_predictions(response.json(), name), "application/json")
+        return reply_or_raise(name, response.status_code, response.content)
 
 
-def _error_text(response: httpx.Response) -> str:
+def infer_path(target: EndpointTarget) -> tuple[str, str]:
+    """The model's name on the server, and the path of its infer route."""
+    name = target.oip_model or target.endpoint_name
+    return name, f"/v2/models/{name}/infer"
+
+
+def infer_request(body: bytes, content_type: str) -> bytes:
+    """The gateway's rows (JSON, CSV, NDJSON) as one OIP v2 FP32 input tensor."""
+    decoded = payloads.decode(body, content_type)
+    if decoded.rows is None:
+        raise SchemaMismatchError("This backend takes rows (JSON, CSV, NDJSON), not .npy.")
+    request = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": [len(decoded.rows), len(decoded.rows[0])],
+                "datatype": "FP32",
+                "data": [v for row in decoded.rows for v in row],
+            }
+        ]
+    }
+    return json.dumps(request, separators=(",", ":")).encode()
+
+
+def reply_or_raise(name: str, status: int, body: bytes) -> BackendReply:
+    if 400 <= status < 500:
+        raise SchemaMismatchError(_error_text(body), backend_status=status)
+    if status >= 300:
+        raise BackendError(f"'{name}' failed with {status}: {_error_text(body)}")
     try:
-        doc = response.json()
+        doc = json.loads(body)
     except ValueError:
-        return response.text[:500]
+        doc = None
+    if not isinstance(doc, dict):
+        raise BackendError(f"'{name}' answered something other than an OIP v2 response.")
+    return BackendReply(_as_predictions(doc, name), "application/json")
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:500].decode("utf-8", "replace")
     return str(doc.get("error") or doc.get("detail") or doc) if isinstance(doc, dict) else str(doc)
 
 

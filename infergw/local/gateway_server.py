@@ -1,5 +1,6 @@
 """The gateway as a local HTTP server (or a container): uvicorn in front of the Lambda
-handlers, through :class:`LocalHttpApi`."""
+handlers, through :class:`LocalHttpApi`, with the invocation route served natively on the
+event loop (:class:`NativeInvocations`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import argparse
 import uvicorn
 
 from functions import bootstrap
+from functions.api import invocation
 from functions.api.app import PUBLIC_PATHS
 from functions.api.app import handler as api_handler
+from functions.api.native import NativeInvocations
 from functions.authorizer.app import handler as authorizer_handler
 from infergw.local import observe
 from infergw.local.http_api import LocalHttpApi
@@ -26,15 +29,28 @@ def main(argv: list[str] | None = None) -> None:
         authorizer_handler,
         PUBLIC_PATHS,
         args.authorizer_ttl,
+        invocations=NativeInvocations(),
         local_routes={
             "/metrics": observe.prometheus,
             "/status": observe.status_page,
             "/status.json": observe.status_json,
         },
     )
+    invocation.buffer_signals()
+    bootstrap.async_invoker()  # built now, not on the event loop by the first request
     # A key revoked through this process stops working here at once, not after the TTL.
     bootstrap.on_revoke(lambda _digest: app.forget_verdicts())
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=False,  # clients reach this front end directly
+        server_header=False,
+    )
 
 
 if __name__ == "__main__":

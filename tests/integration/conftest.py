@@ -47,6 +47,22 @@ TEST_ADDITIONS: dict[str, Any] = {
             "max_concurrency": 4,
             "idle_timeout_s": 2,
         },
+        # test_endpoint_kill_under_load: a realtime endpoint killed under concurrent load
+        # and replaced 6 s after it dies (later than the breaker's 5 s open window, so at
+        # least its first probe fails); a serverless spillover sized for the whole load
+        # (8 callers) that stays warm for the test's duration.
+        {"name": "killed-realtime", "model": "digits", "version": "1", "replace_after_s": 6},
+        {
+            "name": "killed-spillover",
+            "model": "digits",
+            "version": "1",
+            "kind": "serverless",
+            "max_concurrency": 8,
+            "idle_timeout_s": 900,
+        },
+        # test_endpoint_kill_under_load: a realtime endpoint that stalls (SIGSTOP) for a
+        # moment under load, then is fast again; it spills over to killed-spillover.
+        {"name": "stalled-realtime", "model": "digits", "version": "1"},
     ],
     "policies": [
         {
@@ -133,6 +149,40 @@ TEST_ADDITIONS: dict[str, Any] = {
             "version": "1",
             "allowed_tenants": ["tenant-b"],
             "realtime": {"endpoint_name": "digits-realtime"},
+        },
+        {
+            "model": "killed-under-load",
+            "version": "1",
+            "slo_ms": 1000,
+            "timeout_ms": 2000,
+            "input": {"features": 64},
+            "realtime": {
+                "endpoint_name": "killed-realtime",
+                "capacity": 8,
+                "expected_latency_ms": 5,
+            },
+            "serverless": {
+                "endpoint_name": "killed-spillover",
+                "capacity": 8,
+                "expected_latency_ms": 10,
+            },
+        },
+        {
+            "model": "stalled-under-load",
+            "version": "1",
+            "slo_ms": 500,
+            "timeout_ms": 3000,
+            "input": {"features": 64},
+            "realtime": {
+                "endpoint_name": "stalled-realtime",
+                "capacity": 8,
+                "expected_latency_ms": 5,
+            },
+            "serverless": {
+                "endpoint_name": "killed-spillover",
+                "capacity": 8,
+                "expected_latency_ms": 10,
+            },
         },
     ],
 }

@@ -496,3 +496,30 @@ def test_sweeper_sample_expires_an_abandoned_upload(monkeypatch: pytest.MonkeyPa
     assert expired is not None and expired.status is JobStatus.EXPIRED
     completed = store.get(SAMPLE_JOB_ID)
     assert completed is not None and completed.status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/x-npy; output=label", 201),
+        ("text/csv; charset=utf-8", 201),
+        ("application/json", 201),
+        ("image/png", 406),
+        ("application/x-ndjsonx", 406),
+    ],
+)
+def test_a_job_output_type_the_worker_cannot_write_is_refused_up_front(
+    installed: Installed, accept: str, status: int
+) -> None:
+    event = load("api_create_job.json")
+    event["body"] = json.dumps({"content_type": "application/x-ndjson", "accept": accept})
+    event["isBase64Encoded"] = False
+    event["headers"] = {k: v for k, v in event["headers"].items() if k != "idempotency-key"}
+    before = len(installed.jobs.jobs)
+    response = api.handler(event, LambdaContext())
+    assert response["statusCode"] == status, response["body"]
+    if status == 406:
+        problem = json.loads(response["body"])
+        assert problem["type"] == "/problems/not-acceptable"
+        assert "application/x-npy" in problem["offered"]
+        assert len(installed.jobs.jobs) == before  # nothing was created

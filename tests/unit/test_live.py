@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.live import BackendView, BreakerState, CircuitBreaker, LiveState
+from gateway.live import (
+    SLOW_ESTIMATE_GRACE_S,
+    SLOW_ESTIMATE_HALF_LIFE_S,
+    BackendView,
+    BreakerState,
+    CircuitBreaker,
+    LiveState,
+)
 from gateway.models import EndpointTarget
 from tests.fakes import FakeClock
 
@@ -210,9 +217,33 @@ def test_latency_is_an_ewma_of_successful_calls(live: LiveState, clock: FakeCloc
     assert live.view(REALTIME).expected_ms == pytest.approx(120.0)  # 100 + 0.2 * (200 - 100)
     call(live, clock, REALTIME, 0.020)
     assert live.view(REALTIME).expected_ms == pytest.approx(100.0)  # 120 + 0.2 * (20 - 120)
-    call(live, clock, REALTIME, 5.0, ok=False)  # failures do not count as latency
+    call(live, clock, REALTIME, 1.0, ok=False)  # failures do not count as latency
     assert live.view(REALTIME).expected_ms == pytest.approx(100.0)
     assert live.stats(REALTIME).ewma_ms == pytest.approx(100.0)
+
+
+def test_a_slow_estimate_fades_back_to_the_configured_one_without_new_samples(
+    live: LiveState, clock: FakeClock
+) -> None:
+    prior = REALTIME.expected_latency_ms
+    call(live, clock, REALTIME, 1.3)  # one slow spell, then the router stops sending
+    assert live.view(REALTIME).expected_ms == pytest.approx(1300.0)
+    clock.advance(SLOW_ESTIMATE_GRACE_S)  # since the sample, taken when the call ended
+    assert live.view(REALTIME).expected_ms == pytest.approx(1300.0)  # within the grace
+    clock.advance(SLOW_ESTIMATE_HALF_LIFE_S)
+    assert live.view(REALTIME).expected_ms == pytest.approx(prior + (1300.0 - prior) / 2)
+    clock.advance(10 * SLOW_ESTIMATE_HALF_LIFE_S)
+    assert live.view(REALTIME).expected_ms == pytest.approx(prior, rel=0.02)
+    # The next sample updates the faded estimate, not the stale one.
+    call(live, clock, REALTIME, 0.040)
+    faded = prior + (1300.0 - prior) * 0.5**11
+    assert live.stats(REALTIME).ewma_ms == pytest.approx(faded + 0.2 * (40.0 - faded), rel=1e-3)
+
+
+def test_a_fast_estimate_does_not_fade(live: LiveState, clock: FakeClock) -> None:
+    call(live, clock, REALTIME, REALTIME.expected_latency_ms / 2000)
+    clock.advance(600.0)
+    assert live.view(REALTIME).expected_ms == pytest.approx(REALTIME.expected_latency_ms / 2)
 
 
 def test_in_flight_counts_begin_and_end_and_saturates_at_capacity(
@@ -269,7 +300,8 @@ def test_serverless_is_warm_after_a_call_and_cold_when_idle_past_the_timeout(
     clock.advance(0.5)
     view = live.view(SERVERLESS)
     assert view.cold
-    assert view.expected_ms == pytest.approx(100.0 + 2500.0)
+    # A minute without a call: the warm estimate is the configured one again.
+    assert view.expected_ms == pytest.approx(SERVERLESS.expected_latency_ms + 2500.0, rel=1e-3)
 
 
 def test_begin_counts_cold_starts(live: LiveState, clock: FakeClock) -> None:
@@ -293,11 +325,12 @@ def test_measured_cold_start_is_preferred_and_kept_out_of_the_ewma(
     clock.advance(61.0)
     view = live.view(SERVERLESS)
     assert view.cold
-    assert view.expected_ms == pytest.approx(300.0 + 1200.0)  # measured, not configured 2500
+    warm = SERVERLESS.expected_latency_ms  # the 300 ms measured a minute ago has faded
+    assert view.expected_ms == pytest.approx(warm + 1200.0, rel=1e-3)  # measured, not 2500
 
     # A later warm call updates the EWMA with its whole latency.
     call(live, clock, SERVERLESS, 0.5)
-    assert stats.ewma_ms == pytest.approx(300.0 + 0.2 * (500.0 - 300.0))
+    assert stats.ewma_ms == pytest.approx(warm + 0.2 * (500.0 - warm), rel=1e-3)
     assert stats.cold_start_ms == 1200.0  # kept until another cold start is reported
 
 

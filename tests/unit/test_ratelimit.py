@@ -522,3 +522,25 @@ def test_a_failed_background_refill_is_swallowed_and_the_lease_keeps_serving() -
         fleet.background()
     with pytest.raises(DependencyUnavailableError):
         fleet.acquire(limit)
+
+
+def test_a_slow_spender_never_meets_an_expired_lease_on_the_request_path() -> None:
+    # 2 requests/s against a 1,000/s limit (batch 100): a lease lasts longer than its 2 s
+    # life. Before it expires it is topped up in the background, so no request waits on
+    # the store after the first.
+    fleet = make_fleet()
+    limit = Limit("key", "k", 1000.0, 1000, 1)
+    assert fleet.acquire(limit).allowed
+    fleet.background()
+    first = fleet.store.calls
+    synchronous = 0
+    for _ in range(40):  # 20 s
+        fleet.clock.advance(0.5)
+        before = fleet.store.calls
+        assert fleet.acquire(limit).allowed
+        synchronous += fleet.store.calls - before  # a lease inside acquire
+        fleet.background()
+    assert synchronous == 0
+    assert fleet.store.calls > first  # the top-ups happened, off the request path
+    held = fleet.limiters[0]._local[limit.key].tokens
+    assert held <= 100  # topped up to a batch, never hoarding beyond it

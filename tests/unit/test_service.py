@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -260,6 +261,58 @@ def test_cached_policy_is_served_until_the_ttl_passes(store: InMemoryPolicyStore
     clock.advance(0.001)
     assert cached.get("iris").version == "4"
     assert store.get_calls == ["iris"]
+
+
+class _Deferred:
+    """An executor that runs what it was given when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.pending.append((fn, args))
+
+    def run(self) -> None:
+        while self.pending:
+            fn, args = self.pending.pop(0)
+            fn(*args)
+
+
+def test_refresh_ahead_rereads_a_busy_policy_before_it_expires(
+    store: InMemoryPolicyStore,
+) -> None:
+    clock, background = FakeClock(), _Deferred()
+    cached = CachedPolicyStore(store, ttl_s=10.0, clock=clock, refresh_ahead=background)  # type: ignore[arg-type]
+    assert cached.get("iris").version == "3"
+    store.put(store.get("iris").model_copy(update={"version": "4"}))
+    store.get_calls.clear()
+
+    clock.advance(7.0)  # not yet in its last quarter
+    assert cached.get("iris").version == "3"
+    assert background.pending == []
+    clock.advance(1.0)
+    assert cached.get("iris").version == "3"  # served at once; the re-read is queued once
+    assert cached.get("iris").version == "3"
+    assert len(background.pending) == 1
+    background.run()
+    assert store.get_calls == ["iris"]
+    clock.advance(5.0)  # past the first entry's expiry: the refreshed one serves
+    assert cached.get("iris").version == "4"
+    assert store.get_calls == ["iris"]
+
+
+def test_refresh_ahead_never_replaces_a_newer_put(store: InMemoryPolicyStore) -> None:
+    clock, background = FakeClock(), _Deferred()
+    cached = CachedPolicyStore(store, ttl_s=10.0, clock=clock, refresh_ahead=background)  # type: ignore[arg-type]
+    cached.get("iris")
+    clock.advance(8.0)
+    cached.get("iris")  # queues a re-read
+    older = store.get("iris")
+    newer = cached.put(older.model_copy(update={"slo_ms": 123}))
+    store.put = lambda policy: policy  # type: ignore[method-assign]
+    store.get = lambda model: older  # type: ignore[method-assign]  # a read from before the put
+    background.run()
+    assert cached.get("iris") == newer
 
 
 def test_unknown_models_are_cached_too(store: InMemoryPolicyStore) -> None:
