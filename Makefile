@@ -30,7 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/async_latency.py --quick
+	$(BIN)/python bench/model_server.py --quick
 	$(BIN)/python bench/gateway.py --quick
+	$(BIN)/python bench/cold_start.py
 
 ## ten minutes of mixed traffic: rate held, 5xx, memory growth, jobs lost
 soak: $(STAMP)

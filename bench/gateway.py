@@ -638,8 +638,8 @@ def goals(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 def print_report(
     summary: dict[str, dict[int, dict[str, Any]]],
     met: dict[str, Any],
-    routes: dict[int, dict[str, int]],
-    statuses: dict[int, dict[str, int]],
+    routes: dict[str, dict[str, int]],
+    statuses: dict[str, dict[str, int]],
     prof: list[dict[str, Any]],
     idle_busy: float,
 ) -> None:
@@ -707,13 +707,13 @@ def print_report(
         )
     if routes:
         seen = "; ".join(
-            f"c={c}: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items()))
+            f"{c}: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items()))
             for c, counts in sorted(routes.items())
         )
         print(f"- gateway routes taken (X-Inference-Route, all rounds): {seen}")
     if statuses:
         seen = "; ".join(
-            f"c={c}: " + ", ".join(f"{code}: {n}" for code, n in sorted(counts.items()))
+            f"{c}: " + ", ".join(f"{code}: {n}" for code, n in sorted(counts.items()))
             for c, counts in sorted(statuses.items())
         )
         print(f"- gateway status codes (all rounds): {seen}")
@@ -894,11 +894,12 @@ def main() -> None:
             runs: dict[str, dict[int, list[dict[str, Any]]]] = {
                 p: {c: [] for c in concurrency} for p in paths
             }
-            routes: dict[int, collections.Counter[str]] = {
-                c: collections.Counter() for c in concurrency
+            # Per gateway path and concurrency, e.g. "gateway c=8".
+            routes: dict[str, collections.Counter[str]] = {
+                f"{p} c={c}": collections.Counter() for p in paths for c in concurrency
             }
-            statuses: dict[int, collections.Counter[str]] = {
-                c: collections.Counter() for c in concurrency
+            statuses: dict[str, collections.Counter[str]] = {
+                f"{p} c={c}": collections.Counter() for p in paths for c in concurrency
             }
             for r in range(args.rounds):
                 for c in concurrency:
@@ -906,8 +907,8 @@ def main() -> None:
                         result = measure(targets[path], c, args, body_file, meter, retry_budget)
                         runs[path][c].append(result)
                         if path.startswith("gateway"):
-                            routes[c].update(result["header_counts"])
-                            statuses[c].update(result["status_counts"])
+                            routes[f"{path} c={c}"].update(result["header_counts"])
+                            statuses[f"{path} c={c}"].update(result["status_counts"])
                         flag = f" ERRORS {result['errors']}" if result["error_total"] else ""
                         if result["contended"]:
                             flag += f" (contended: other {result['cpu']['cores']['other']} cores)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 
+from gateway.adapters.oip import pooled_client
 from gateway.adapters.sagemaker import model_message
 from gateway.errors import (
     BackendError,
@@ -35,10 +36,7 @@ def reply_or_raise(name: str, status: int, content_type: str | None, body: bytes
 
 class HttpContainerInvoker:
     def __init__(self, client: httpx.Client | None = None) -> None:
-        self._client = client or httpx.Client(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            timeout=30.0,
-        )
+        self._client = client or pooled_client()
 
     def invoke(
         self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float

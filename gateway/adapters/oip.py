@@ -21,12 +21,16 @@ from gateway.errors import (
 from gateway.models import BackendReply, EndpointTarget
 
 
+def pooled_client() -> httpx.Client:
+    """One keep-alive pool for every model server a blocking invoker calls by URL."""
+    return httpx.Client(
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), timeout=30.0
+    )
+
+
 class HttpOipInvoker:
     def __init__(self, client: httpx.Client | None = None) -> None:
-        self._client = client or httpx.Client(
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            timeout=30.0,
-        )
+        self._client = client or pooled_client()
 
     def invoke(
         self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float

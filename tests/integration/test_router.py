@@ -251,3 +251,38 @@ def test_an_oip_v2_model_server_as_realtime_backend(http: httpx.Client, oip_serv
     assert _route(via_oip) == "realtime; reason=within-slo"
     labels = [p["label"] for p in via_oip.json()["predictions"]]
     assert labels == [p["label"] for p in via_sagemaker.json()["predictions"]]
+
+
+def test_a_model_container_reached_directly_as_realtime_backend(
+    http: httpx.Client, oip_server: str
+) -> None:
+    # The same SageMaker-compatible container, called at its own URL (ECS, Kubernetes):
+    # bodies pass through both ways, errors keep the model's words.
+    policy = {
+        "model": "digits-container",
+        "input": {"features": 64},
+        "realtime": {
+            "endpoint_name": "digits-container",
+            "protocol": "container",
+            "url": oip_server,
+        },
+    }
+    current = http.get("/admin/policies/digits-container")
+    revision = current.json()["revision"] if current.status_code == 200 else 0
+    put = http.put("/admin/policies/digits-container", json={**policy, "revision": revision})
+    assert put.is_success, put.text
+    rows = digits_split().x_test[:10].tolist()
+    direct = httpx.post(f"{oip_server}/invocations", json={"inputs": rows}, timeout=30)
+    via_gateway = http.post("/v1/models/digits-container/invocations", json={"inputs": rows})
+    assert via_gateway.status_code == 200, via_gateway.text
+    assert _route(via_gateway) == "realtime; reason=within-slo"
+    labels = [p["label"] for p in via_gateway.json()["predictions"]]
+    assert labels == [p["label"] for p in direct.json()["predictions"]]
+    csv = "\n".join(",".join(str(v) for v in row) for row in rows[:2])
+    as_csv = http.post(
+        "/v1/models/digits-container/invocations",
+        content=csv,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert as_csv.status_code == 200, as_csv.text
+    assert [p["label"] for p in as_csv.json()["predictions"]] == labels[:2]
