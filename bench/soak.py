@@ -105,13 +105,22 @@ def offer(conn: Any, rate: float, seconds: float) -> tuple[list[tuple[str, int, 
         with lock:
             results.append((kind, status, (time.monotonic() - due) * 1000))
 
-    with client, ThreadPoolExecutor(THREADS) as pool:
+    pool = ThreadPoolExecutor(THREADS)
+    try:
         start = time.monotonic()
         for n in range(int(rate * seconds)):
             due = start + n / rate
             time.sleep(max(0.0, due - time.monotonic()))
             kind = "async" if n % 10 == 0 else "big" if n % 10 == 5 else "sync"
             pool.submit(one, kind, due)
+        pool.shutdown(wait=True)  # the backlog, if any, is answered and measured
+    except BaseException:
+        # Stopped (SIGTERM, Ctrl-C): drop what is queued, and end what is in flight by
+        # closing the client under it, so that the stack can be stopped at once.
+        pool.shutdown(wait=False, cancel_futures=True)
+        client.close()
+        raise
+    client.close()
     return results, jobs
 
 
