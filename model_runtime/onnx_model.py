@@ -60,6 +60,13 @@ class OnnxModel:
         )
 
     def predict(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        self.check(matrix)
+        values = self._session.run(None, {self.info.input_name: matrix})
+        return dict(zip(self.info.outputs, values, strict=True))
+
+    def check(self, matrix: np.ndarray) -> None:
+        """What ``predict`` refuses, without running the model (a batcher checks each
+        request alone, so that a bad one never fails a batch)."""
         if matrix.ndim != 2:
             raise SchemaMismatchError(f"Expected a 2-D batch; got shape {list(matrix.shape)}.")
         features = self.info.features
@@ -69,5 +76,3 @@ class OnnxModel:
                 expected_features=features,
                 got_features=int(matrix.shape[1]),
             )
-        values = self._session.run(None, {self.info.input_name: matrix})
-        return dict(zip(self.info.outputs, values, strict=True))

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.problems import PROBLEM_JSON, problem_document
-from gateway.errors import GatewayError, MalformedRequestError, SchemaMismatchError
+from gateway.errors import GatewayError, MalformedRequestError
 from model_runtime import codecs
 from model_runtime.onnx_model import OnnxModel
 from model_server import asgi
@@ -34,23 +34,11 @@ class Inference:
 
     async def predict(self, matrix: np.ndarray, inline_rows: int = INLINE_ROWS) -> Outputs:
         if self.batcher is not None:
-            self.check(matrix)  # before batching, so that a bad request fails alone
+            self.model.check(matrix)  # before batching, so that a bad request fails alone
             return await self.batcher.predict(matrix)
         if matrix.shape[0] <= inline_rows:
             return self.model.predict(matrix)
         return await anyio.to_thread.run_sync(self.model.predict, matrix)
-
-    def check(self, matrix: np.ndarray) -> None:
-        """The checks ``OnnxModel.predict`` makes, with the same errors."""
-        if matrix.ndim != 2:
-            raise SchemaMismatchError(f"Expected a 2-D batch; got shape {list(matrix.shape)}.")
-        features = self.model.info.features
-        if features is not None and matrix.shape[1] != features:
-            raise SchemaMismatchError(
-                f"Rows have {matrix.shape[1]} features; the model expects {features}.",
-                expected_features=features,
-                got_features=int(matrix.shape[1]),
-            )
 
 
 class Invocations:
