@@ -23,7 +23,7 @@ from gateway.jobs import FINISHED, Job, JobStatus
 from gateway.notifications import for_job
 from gateway.ports import JobStore, Notifier, ObjectStore, ObjectWriter
 from model_runtime.onnx_model import OnnxModel
-from model_runtime.streaming import NPY, OutputWriter, read_batches
+from model_runtime.streaming import NPY, OutputWriter, output_type, read_batches
 
 # Structured JSON logs; every line about a job carries its id and the API request id that
 # created it, so one search follows a job through gateway, queue and worker.
@@ -109,9 +109,7 @@ class JobRunner:
             log.warning("message for unknown job %s dropped", job_id)
             return Outcome.DONE
         if job.status in FINISHED:
-            # A redelivery, or a crash between completing and notifying.
-            if job.status in (JobStatus.COMPLETED, JobStatus.FAILED) and not job.notified:
-                self._notify(job)
+            self.notify_pending(job)  # a redelivery, or a crash between finishing and notifying
             return Outcome.DONE
         now = self._clock()
         if job.status is JobStatus.PENDING_UPLOAD:
@@ -222,7 +220,7 @@ class JobRunner:
         self.rows += done
         log.info("job completed", extra={**_keys(completed), "rows": done})
         print(emf(_job_metrics(completed), model=job.model), flush=True)
-        self._notify(completed, out.content_type)
+        self._notify(completed)
 
     def _progress(self, job: Job, done: int, total: int | None, now: float) -> Job:
         updated = self._jobs.update(
@@ -285,10 +283,21 @@ class JobRunner:
         with contextlib.suppress(DependencyUnavailableError):  # else it expires on its own
             self._jobs.update(job, lease_expires=self._clock())
 
-    def _notify(self, job: Job, output_type: str = "") -> None:
-        self._notifier.publish(for_job(job, self._bucket, self.config.region, output_type))
-        # Marked after publishing: a crash in between re-sends rather than loses it;
-        # subscribers dedupe on jobId.
+    def notify_pending(self, job: Job) -> None:
+        """Send the notification of a finished job if it was never recorded as sent."""
+        if job.status in (JobStatus.COMPLETED, JobStatus.FAILED) and not job.notified:
+            # Whoever finished the job died before recording the notification as sent.
+            log.info("notification sent late", extra=_keys(job))
+            self._notify(job)
+
+    def _notify(self, job: Job) -> None:
+        # The same message whoever sends it, with the job id as its deduplication id.
+        self._notifier.publish(
+            for_job(job, self._bucket, self.config.region, output_type(job.accept))
+        )
+        # Marked after publishing: a crash in between re-sends rather than loses it. The
+        # re-send comes with the job message's next delivery, within the queue's visibility
+        # timeout - inside the five minutes a FIFO topic deduplicates over.
         self._jobs.update(job, notified=True)
 
 

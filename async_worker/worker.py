@@ -152,7 +152,12 @@ class Worker:
         for message in messages:
             for job_id in job_ids(message.get("Body", "")):
                 job = self._jobs.get(job_id)
-                if job is not None and job.status not in FINISHED:
+                if job is None:
+                    continue
+                if job.status in FINISHED:
+                    # Finished, then the worker died before notifying, on the last delivery.
+                    self.runner.notify_pending(job)
+                else:
                     self.runner.fail_dead_letter(job)
         # Left in the DLQ for operators to inspect or redrive; seen again only after its
         # visibility timeout, and then a no-op for jobs already FAILED.

@@ -80,6 +80,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         gateway_port=args.port,
         aws_port=args.aws_port,
         endpoint_port=args.endpoint_port,
+        notification_topics=args.notification_topics,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -159,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=env("INFERGW_STATE_DIR", ".infergw"),
         help="where local.json, models and logs go ($INFERGW_STATE_DIR)",
+    )
+    up.add_argument(
+        "--notification-topics",
+        choices=["standard", "fifo"],
+        default=env("INFERGW_NOTIFICATION_TOPICS", "standard"),
+        help="job notification topics: fifo for exactly-once delivery to SQS FIFO queues "
+        "($INFERGW_NOTIFICATION_TOPICS)",
     )
     up.set_defaults(func=cmd_up)
 

@@ -292,6 +292,12 @@ def _npy_batches(
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def output_type(accept: str) -> str:
+    """The content type a job's output is written in, for the job's ``accept``."""
+    base = (accept or NDJSON).split(",")[0].partition(";")[0].strip().lower()
+    return base if base in OUTPUT_TYPES else NDJSON
+
+
 class OutputWriter:
     """Predictions to bytes, a batch at a time, in the job's output format.
 
@@ -308,12 +314,9 @@ class OutputWriter:
     Call ``close`` when done, whatever happened."""
 
     def __init__(self, accept: str, rows: int | None = None, spool_bytes: int = 32 << 20) -> None:
-        first = (accept or NDJSON).split(",")[0]
-        base, _, params = first.partition(";")
-        base = base.strip().lower()
-        self.content_type = base if base in OUTPUT_TYPES else NDJSON
+        self.content_type = output_type(accept)
         self._first = True
-        self._tensor = _param(params, "output")
+        self._tensor = _param((accept or NDJSON).split(",")[0].partition(";")[2], "output")
         self._name = ""  # the output tensor an .npy output holds, fixed by the first batch
         self._rows = rows
         self._spool_bytes = spool_bytes

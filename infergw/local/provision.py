@@ -57,12 +57,16 @@ _OUTPUT_FIELDS = {
 
 
 def deploy_template(
-    cloudformation: Any, template: Path, stack_name: str, stage: str, timeout_s: float = 120
+    cloudformation: Any,
+    template: Path,
+    stack_name: str,
+    parameters: dict[str, str],
+    timeout_s: float = 120,
 ) -> StackOutputs:
     cloudformation.create_stack(
         StackName=stack_name,
         TemplateBody=template.read_text(),
-        Parameters=[{"ParameterKey": "Stage", "ParameterValue": stage}],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
     )
     deadline = time.monotonic() + timeout_s

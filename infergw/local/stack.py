@@ -41,6 +41,8 @@ class StackConfig:
     authorizer_ttl_s: float = 30.0
     policy_cache_ttl_s: float = 10.0
     workers: int = 1
+    # template.yaml's JobNotificationTopics: "fifo" for exactly-once to SQS FIFO subscribers.
+    notification_topics: str = "standard"
     # Short lease and visibility locally: a crashed worker's job resumes within seconds.
     worker_args: tuple[str, ...] = (
         "--wait",
@@ -99,7 +101,12 @@ class LocalStack:
             processes.wait_until_ready(aws_url + "/moto-api/", moto)
             session = boto3.session.Session(region_name=REGION, **_lower(EMULATOR_CREDENTIALS))
             cloudformation = session.client("cloudformation", endpoint_url=aws_url)
-            outputs = provision.deploy_template(cloudformation, TEMPLATE, cfg.stack_name, cfg.stage)
+            outputs = provision.deploy_template(
+                cloudformation,
+                TEMPLATE,
+                cfg.stack_name,
+                {"Stage": cfg.stage, "JobNotificationTopics": cfg.notification_topics},
+            )
             self._report(f"deployed template.yaml as stack '{cfg.stack_name}' on the emulator")
             applied = wiring.apply_skipped_wiring(
                 wiring.load_template(TEMPLATE),

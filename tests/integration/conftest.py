@@ -205,6 +205,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         demo=demo_file,
         authorizer_ttl_s=1.0,
         policy_cache_ttl_s=1.0,
+        # FIFO notification topics: the kill sweep holds the stack to exactly-once.
+        notification_topics="fifo",
         worker_args=("--wait", "1", "--visibility", "6", "--lease", "6", "--sweep-every", "2"),
     )
     with LocalStack(config, report=lambda _: None) as running:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from async_worker.runner import JobRunner, ModelCache, Outcome, RunnerConfig
+from async_worker.worker import QueueConfig, Worker
 from gateway.jobs import Job, JobStatus, can_move
 from gateway.notifications import Notification
 from infergw.demo.models import build_digits, digits_split
@@ -362,3 +363,65 @@ def test_no_input_crashes_or_retries_the_runner(world: World, x: np.ndarray) -> 
                 assert job.failure_reason and not job.failure_reason.startswith("Gave up")
                 assert job.output_key not in world.objects.objects
     assert seen[JobStatus.FAILED] > 40 and seen[JobStatus.COMPLETED] > 10, seen
+
+
+# -- notifications ------------------------------------------------------------------------
+class DyingNotifier(MemoryNotifier):
+    """Publishes, then the worker 'dies' before the job is marked notified."""
+
+    def publish(self, notification: Notification) -> None:
+        super().publish(notification)
+        if len(self.sent) == 1:
+            raise SystemExit("killed between publishing and marking")
+
+
+def test_a_notification_resent_after_a_crash_is_the_same_message(
+    world: World, x: np.ndarray
+) -> None:
+    world.runner._notifier = world.notifier = DyingNotifier()  # type: ignore[assignment]
+    job = world.submit(npy(x[:5]), NPY, NPY)
+    with pytest.raises(SystemExit):
+        world.runner.handle(job.job_id, receive_count=1, max_receives=3)
+    crashed = world.jobs.get(job.job_id)
+    assert crashed is not None and crashed.status is JobStatus.COMPLETED
+    assert not crashed.notified
+
+    # The job message's next delivery finds the job finished but not notified.
+    assert world.runner.handle(job.job_id, receive_count=2, max_receives=3) is Outcome.DONE
+    first, again = world.notifier.sent
+    assert again == first  # same body and the same deduplication id: a FIFO topic drops it
+    assert first.dedup_id == job.job_id
+    assert first.message["responseParameters"]["contentType"] == NPY
+    notified = world.jobs.get(job.job_id)
+    assert notified is not None and notified.notified
+    # Later deliveries send nothing more.
+    world.runner.handle(job.job_id, receive_count=3, max_receives=3)
+    assert len(world.notifier.sent) == 2
+
+
+class DeadLetters:
+    """A dead-letter queue holding one message per job id given."""
+
+    def __init__(self, *job_ids: str) -> None:
+        self.messages = [{"Body": json.dumps({"job_id": j})} for j in job_ids]
+
+    def receive_message(self, **_: object) -> dict[str, object]:
+        return {"Messages": self.messages}
+
+
+def test_a_dead_letter_of_a_finished_but_unnotified_job_sends_its_notification(
+    world: World, x: np.ndarray
+) -> None:
+    """Killed between finishing and notifying on the message's last delivery: the message
+    goes to the dead-letter queue, and draining it still sends the one notification."""
+    world.runner._notifier = world.notifier = DyingNotifier()  # type: ignore[assignment]
+    job = world.submit(npy(x[:5]), NPY, NPY)
+    with pytest.raises(SystemExit):
+        world.runner.handle(job.job_id, receive_count=3, max_receives=3)
+    worker = Worker(world.runner, DeadLetters(job.job_id), world.jobs, QueueConfig("q", "dlq"))  # type: ignore[arg-type]
+
+    worker.drain_dead_letters()
+    worker.drain_dead_letters()  # seen again after its visibility: nothing more
+    assert [n.dedup_id for n in world.notifier.sent] == [job.job_id, job.job_id]
+    done = world.jobs.get(job.job_id)
+    assert done is not None and done.status is JobStatus.COMPLETED and done.notified
