@@ -7,6 +7,7 @@ import os
 
 import uvicorn
 
+from gateway.adapters.http_server import OneWriteHttpToolsProtocol
 from model_runtime.onnx_model import OnnxModel
 from model_server import artifacts
 from model_server.app import INLINE_ROWS, create_app
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         log_level="warning",
         access_log=False,
+        loop="uvloop",
+        http=OneWriteHttpToolsProtocol,  # a response in one write, not head then body
     )
 
 

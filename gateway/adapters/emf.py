@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 
 _UNITS = {"JobSeconds": "Seconds", "JobAgeSeconds": "Seconds", "Latency": "Milliseconds"}
 
 
-def emf(metrics: dict[str, float], **dimensions: str) -> str:
+def emf(metrics: Mapping[str, float | list[float]], **dimensions: str) -> str:
+    """One EMF line. A metric's value may be a list (at most 100 values): several samples
+    in one line, as an aggregating process sends them."""
     # The line's shape depends only on the metric names and the dimensions, which repeat
     # from request to request: it is serialised once, and only the numbers per call.
     head, tail = _template(tuple(metrics), tuple(sorted(dimensions.items())))
@@ -34,6 +37,8 @@ def _template(names: tuple[str, ...], dimensions: tuple[tuple[str, str], ...]) -
     return '{"_aws": {"Timestamp": ', f', "CloudWatchMetrics": {declaration}}}, {labels}'
 
 
-def _json_number(value: float) -> str:
+def _json_number(value: float | list[float]) -> str:
     # repr of a Python int or finite float is its JSON (numpy scalars are converted first).
+    if isinstance(value, list):
+        return "[" + ",".join(repr(float(v)) for v in value) + "]"
     return repr(int(value)) if isinstance(value, int) else repr(float(value))

@@ -163,8 +163,10 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            async with asyncio.timeout_at(deadline):
-                connection, reused = await self._checkout()
+            connection, reused = self._idle_connection(), True
+            if connection is None:  # a new one: connecting is bounded by the deadline too
+                async with asyncio.timeout_at(deadline):
+                    connection, reused = await self._connect(), False
             waiter = connection.send(data)
             # A timer on the answer, cheaper than a timeout scope around it.
             timer = loop.call_at(deadline, _expire, waiter)
@@ -184,11 +186,14 @@ class Http1Pool:
             self._checkin(connection)
             return response
 
-    async def _checkout(self) -> tuple[_Connection, bool]:
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
             if connection.open:
-                return connection, True
+                return connection
+        return None
+
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
             _, connection = await loop.create_connection(
@@ -198,7 +203,7 @@ class Http1Pool:
                 ssl=self._ssl,
                 server_hostname=self.host if self._ssl else None,
             )
-        return connection, False
+        return connection
 
     def _checkin(self, connection: _Connection) -> None:
         if connection.open and len(self._idle) < self._max_idle:

@@ -14,6 +14,7 @@ from functions.api.app import PUBLIC_PATHS
 from functions.api.app import handler as api_handler
 from functions.api.native import NativeInvocations
 from functions.authorizer.app import handler as authorizer_handler
+from gateway.adapters.http_server import OneWriteHttpToolsProtocol
 from infergw.local import observe
 from infergw.local.http_api import LocalHttpApi
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # a response in one write, not head then body
         proxy_headers=False,  # clients reach this front end directly
         server_header=False,
     )

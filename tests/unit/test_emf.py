@@ -38,3 +38,33 @@ def test_units_follow_the_metric() -> None:
     doc = json.loads(emf({"Latency": 3.0, "JobSeconds": 1.0, "Requests": 1}))
     units = {m["Name"]: m["Unit"] for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert units == {"Latency": "Milliseconds", "JobSeconds": "Seconds", "Requests": "Count"}
+
+
+def test_buffered_signals_sum_counts_and_keep_every_latency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The container front end's mode: per model and route, one line with the summed counts
+    and the latencies as value arrays of at most 100 (CloudWatch's limit per line)."""
+    from functions.api import invocation
+
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.setattr(invocation, "_pending", {})  # buffered, without the flush thread
+    for i in range(150):
+        invocation.signals("digits", "realtime", 200, i / 10, Spillover=0, Fallback=int(i < 3))
+    invocation.signals("digits", "realtime", 503, 99.0)
+    invocation.signals("digits", "limited", 429, 0.25)
+
+    lines = [json.loads(line) for line in invocation.drain_signals()]
+    assert invocation.drain_signals() == []  # drained
+    realtime = [doc for doc in lines if doc["route"] == "realtime"]
+    assert [len(doc["Latency"]) for doc in realtime] == [100, 51]
+    first = realtime[0]
+    assert (first["Requests"], first["Errors"], first["Fallback"]) == (151, 1, 3)
+    assert sorted(realtime[0]["Latency"] + realtime[1]["Latency"]) == sorted(
+        [i / 10 for i in range(150)] + [99.0]
+    )
+    assert [m["Name"] for m in realtime[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"]] == [
+        "Latency"
+    ]
+    [limited] = [doc for doc in lines if doc["route"] == "limited"]
+    assert (limited["Requests"], limited["Limited"], limited["Latency"]) == (1, 1, [0.25])
