@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         loop="uvloop",
         http=OneWriteHttpToolsProtocol,  # a response in one write, not head then body
+        proxy_headers=False,  # its callers (the gateway, an endpoint host) reach it directly
+        server_header=False,
     )
 
 
