@@ -63,6 +63,11 @@ build-ApiFunction build-AuthorizerFunction build-SweeperFunction:
 		--only-binary=:all: -r lambda-requirements.txt
 	cp -r gateway functions "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+	# Bytecode in the package: the function's code directory is read-only, so without it
+	# every cold start compiles every module it imports (~450 ms more for the API). Made by
+	# CPython 3.11, the functions' runtime; unchecked: the zip's file times mean nothing.
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "needs Python 3.11")'
+	$(PYTHON) -m compileall -q -j 0 --invalidation-mode unchecked-hash "$(ARTIFACTS_DIR)"
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .infergw .pytest_cache .mypy_cache .ruff_cache build *.egg-info

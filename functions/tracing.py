@@ -1,16 +1,17 @@
 """X-Ray subsegments for the core's steps (auth, limit, route, backend), through the
 powertools Tracer. Opt-in with ``INFERGW_XRAY_SUBSEGMENTS=true``: the X-Ray SDK costs a cold
-start some 100 ms of imports, and Lambda's own trace segment is there without it."""
+start some 100 ms of imports, and Lambda's own trace segment is there without it. The Tracer
+is imported only when subsegments are on."""
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.ports import Spans
-from gateway.service import NoSpans
+if TYPE_CHECKING:
+    from gateway.ports import Spans
 
 
 class XRaySpans:
@@ -21,10 +22,22 @@ class XRaySpans:
         return self._tracer.provider.in_subsegment(f"## {name}")  # type: ignore[no-any-return]
 
 
+class Untraced:
+    """No subsegments (as the core's ``NoSpans``, which the authorizer does not import: it
+    lives with the core's request path)."""
+
+    def span(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+
+def enabled() -> bool:
+    return os.environ.get("INFERGW_XRAY_SUBSEGMENTS", "").lower() == "true"
+
+
 @cache
 def spans() -> Spans:
-    if os.environ.get("INFERGW_XRAY_SUBSEGMENTS", "").lower() != "true":
-        return NoSpans()
+    if not enabled():
+        return Untraced()
     from aws_lambda_powertools import Tracer
 
     return XRaySpans(Tracer(service="infergw"))

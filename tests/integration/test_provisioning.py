@@ -83,3 +83,7 @@ def test_sam_build_packages_every_function_lean() -> None:
             p.name.endswith("aarch64-linux-gnu.so") for p in (build / function).rglob("*.so")
         )
         assert not contents & {"numpy", "onnxruntime", "sklearn", "async_worker"}
+        # Compiled ahead: a read-only code directory would make every cold start compile.
+        compiled = build / function / "functions" / "__pycache__"
+        assert list(compiled.glob("bootstrap.cpython-311.pyc")), sorted(compiled.iterdir())
+        assert list((build / function / "botocore" / "__pycache__").glob("client.cpython-311.pyc"))
