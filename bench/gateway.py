@@ -50,11 +50,12 @@ BENCH = Path(__file__).resolve().parent
 LUA = BENCH / "wrk_post.lua"
 ENDPOINT = "digits-realtime"
 MODEL = "digits"
-PATHS = ("direct", "endpoint", "nginx", "gateway", "gateway-sm")
+PATHS = ("direct", "endpoint", "nginx", "python-hop", "gateway", "gateway-sm")
 LABELS = {
     "direct": "(a) direct: model server",
     "endpoint": "(a2) endpoint host (SageMaker runtime)",
     "nginx": "(b) nginx -> model server",
+    "python-hop": "(b2) a bare Python hop (uvicorn + the gateway's pooled client) -> model server",
     "gateway": "(c) gateway (auth + limit + route) -> model server",
     "gateway-sm": "(c2) gateway -> SageMaker runtime -> model server",
 }
@@ -74,6 +75,7 @@ STACK_PROCESSES = ("gateway", "endpoint-host", "aws-emulator")
 CPU_COLUMNS = (
     "wrk",
     "nginx",
+    "python-hop",
     "gateway",
     "endpoint-host",
     "model-server",
@@ -301,6 +303,30 @@ def measure(
         budget.wait_quiet()
     result["attempts"] = attempts
     return result
+
+
+# -- a bare Python hop ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def python_hop(upstream_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
+    """bench/python_hop.py: the floor of a Python proxy hop, to tell the gateway's own work
+    per request from what any Python hop costs."""
+    port = processes.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "python-hop.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "python_hop.py"), str(port), upstream_url],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=processes._die_with_parent,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        processes.wait_until_ready(url + "/ping", proc, timeout_s=30)
+        yield url, proc.pid
+    finally:
+        processes.stop([proc], timeout_s=10)
+        log.close()
 
 
 # -- nginx -----------------------------------------------------------------------------------
@@ -625,6 +651,9 @@ def goals(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     nginx8 = get("nginx", 8)
     if gw8 and nginx8:
         out["gateway_over_nginx_rps_c8"] = gw8["requests_per_s"] / nginx8["requests_per_s"]
+    hop8 = get("python-hop", 8)
+    if gw8 and hop8:
+        out["gateway_over_python_hop_rps_c8"] = gw8["requests_per_s"] / hop8["requests_per_s"]
     # Informative: the gateway's own share, without the SageMaker-runtime hop it goes through.
     endpoint1, endpoint8 = get("endpoint", 1), get("endpoint", 8)
     sm1, sm8 = get("gateway-sm", 1), get("gateway-sm", 8)
@@ -699,6 +728,11 @@ def print_report(
     verdict("added_p99_ms_c8", ".2f", " ms", "<=")
     if "gateway_over_nginx_rps_c8" in met:
         print(f"- gateway/nginx throughput at c=8: {met['gateway_over_nginx_rps_c8']:.3f}")
+    if "gateway_over_python_hop_rps_c8" in met:
+        print(
+            "- gateway/bare Python hop throughput at c=8: "
+            f"{met['gateway_over_python_hop_rps_c8']:.3f}"
+        )
     if "gateway_minus_endpoint_p50_ms_c1" in met:
         print(
             "- gateway via SageMaker runtime minus the endpoint host alone: p50 at c=1 "
@@ -879,6 +913,11 @@ def main() -> None:
             if "nginx" in paths:
                 nginx_url, pids["nginx"] = stop.enter_context(nginx(direct_url, workdir / "nginx"))
                 targets["nginx"] = Target("nginx", nginx_url + "/invocations")
+            if "python-hop" in paths:
+                hop_url, pids["python-hop"] = stop.enter_context(
+                    python_hop(direct_url, workdir / "python-hop")
+                )
+                targets["python-hop"] = Target("python-hop", hop_url + "/invocations")
             add_direct_policy(conn.gateway_url, conn.api_key, direct_url)
             meter = CpuMeter(pids, with_children=frozenset({"nginx"}))
             for path in paths:

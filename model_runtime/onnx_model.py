@@ -58,10 +58,12 @@ class OnnxModel:
             outputs=tuple(o.name for o in self._session.get_outputs()),
             providers=tuple(self._session.get_providers()),
         )
+        self._output_names = list(self.info.outputs)
 
     def predict(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
         self.check(matrix)
-        values = self._session.run(None, {self.info.input_name: matrix})
+        # The output names given, not None, so that onnxruntime does not list them per call.
+        values = self._session.run(self._output_names, {self.info.input_name: matrix})
         return dict(zip(self.info.outputs, values, strict=True))
 
     def check(self, matrix: np.ndarray) -> None:

@@ -265,11 +265,9 @@ def _npy_batches(
 ) -> Iterator[Batch]:
     """One read covers a whole number of batches (about a MiB); the batches are views of
     it. Float32 data reaches the model without a copy, other dtypes are converted once a
-    read, and the NaN check is one vectorised pass: no per-row Python."""
+    read, and the NaN check is vectorised: no per-row Python."""
     row_bytes = width * dtype.itemsize
     per_read = max(1, _NPY_READ_BYTES // (batch_rows * row_bytes)) * batch_rows
-    floats = dtype.kind == "f"
-    convert = dtype != np.float32  # integers, other widths, big-endian floats
     for start in range(0, rows, per_read):
         count = min(per_read, rows - start)
         data = _read_exact(stream, count * row_bytes)
@@ -277,16 +275,40 @@ def _npy_batches(
             raise MalformedRequestError(
                 f"The .npy data ends early, at row {start + len(data) // row_bytes + 1} of {rows}."
             )
-        chunk = np.frombuffer(data, dtype=dtype).reshape(count, width)
-        if convert:
-            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
-                chunk = chunk.astype(np.float32)
-        # A float64 input may overflow float32, so the check comes after the cast.
-        if floats and not np.isfinite(chunk).all():
-            bad = int(np.argwhere(~np.isfinite(chunk))[0][0]) + start + 1
-            raise SchemaMismatchError(f"Row {bad} contains NaN or infinity.", row=bad)
+        chunk = _as_float32(np.frombuffer(data, dtype=dtype).reshape(count, width))
+        if dtype.kind == "f":  # integers are always finite, also once converted
+            _refuse_non_finite(chunk, start + 1)
         for offset in range(0, count, batch_rows):
             yield start + offset + 1, chunk[offset : offset + batch_rows]
+
+
+def _as_float32(chunk: np.ndarray) -> np.ndarray:
+    """Float32 as it is; integers, other widths and big-endian floats converted (a float64
+    too large for float32 becomes inf, and the NaN check after the cast refuses it)."""
+    if chunk.dtype == np.float32:
+        return chunk
+    with np.errstate(over="ignore"):
+        return chunk.astype(np.float32)
+
+
+def _refuse_non_finite(chunk: np.ndarray, first_row: int) -> None:
+    """A NaN or an infinity fails the job, naming its row (``first_row`` is the chunk's).
+
+    The common case, all finite, costs a max and a min: NaN propagates through both and an
+    infinity is one of them, so both are finite exactly when every value is - without the
+    boolean temporary of an elementwise test, and, unlike a sum, with no overflow to inf on
+    large finite values. Only a chunk that fails is scanned element by element for its
+    first bad row."""
+    if chunk.size == 0:  # rows of no columns: nothing to check, and no max to take
+        return
+    if np.isfinite(np.maximum.reduce(chunk, axis=None)) and np.isfinite(
+        np.minimum.reduce(chunk, axis=None)
+    ):
+        return
+    bad_rows = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+    if len(bad_rows):
+        row = first_row + int(bad_rows[0])
+        raise SchemaMismatchError(f"Row {row} contains NaN or infinity.", row=row)
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode

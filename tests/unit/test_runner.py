@@ -329,6 +329,26 @@ def test_nan_in_npy_input_fails_the_job_naming_the_row(world: World, x: np.ndarr
     assert_failed(world, outcome, job, "Row 258 contains NaN or infinity.")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinity_in_the_last_row_of_the_last_batch_fails_the_job(
+    world: World, x: np.ndarray, dtype: type
+) -> None:
+    bad = x.astype(dtype)
+    bad[-1, -1] = -np.inf
+    outcome, job = world.run(npy(bad), NPY, NPY)
+    assert_failed(world, outcome, job, "Row 300 contains NaN or infinity.")
+
+
+def test_large_finite_inputs_complete_bit_for_bit(world: World, onnx: bytes, x: np.ndarray) -> None:
+    """Finite values whose sum overflows float32 are not mistaken for infinities."""
+    big = x * np.float32(1e37)
+    outcome, job = world.run(npy(big), NPY, NPY)
+    assert outcome is Outcome.DONE
+    assert job.status is JobStatus.COMPLETED, job.failure_reason
+    got = np.load(io.BytesIO(world.output(job)[0]))
+    assert got.tobytes() == onnxruntime_outputs(onnx, big, BATCH)["probabilities"].tobytes()
+
+
 def test_an_unknown_input_content_type_fails_with_a_415(world: World, x: np.ndarray) -> None:
     outcome, job = world.run(npy(x), "application/x-parquet", NPY)
     assert_failed(world, outcome, job, "Content-Type 'application/x-parquet' is not supported.")

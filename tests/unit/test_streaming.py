@@ -189,6 +189,55 @@ def test_float64_beyond_float32_range_is_refused_as_infinity() -> None:
         collect(npy(x))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_bad_value_is_found_wherever_it_is(value: float) -> None:
+    """The check's fast path is a max and a min (vectorised, with tails of odd lengths):
+    a bad value in any position of any row is caught, and named by its row."""
+    x = rows(5, width=7)
+    for row in range(5):
+        for column in range(7):
+            bad = x.copy()
+            bad[row, column] = value
+            with pytest.raises(SchemaMismatchError) as caught:
+                collect(npy(bad), batch_rows=2, features=7)
+            assert caught.value.extensions["row"] == row + 1, (row, column)
+
+
+@pytest.mark.parametrize("read_bytes", [0, 1 << 20])
+def test_nan_in_the_last_row_of_the_last_batch_names_it(
+    monkeypatch: pytest.MonkeyPatch, read_bytes: int
+) -> None:
+    monkeypatch.setattr(streaming, "_NPY_READ_BYTES", read_bytes)
+    x = rows(1030)
+    x[-1, -1] = np.nan
+    with pytest.raises(SchemaMismatchError, match=r"^Row 1030 contains NaN or infinity\.$"):
+        collect(npy(x), batch_rows=256)
+
+
+def test_large_finite_values_are_accepted_unchanged() -> None:
+    """Values whose sum would overflow float32 to inf are finite, and pass as they are."""
+    top = np.finfo(np.float32).max
+    x = np.full((9, 8), top, dtype=np.float32)
+    x[::2] = -top
+    got = np.concatenate([m for _, m in collect(npy(x))])
+    assert got.tobytes() == x.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["<f8", ">f4", "<f2"])
+def test_nan_in_other_float_dtypes_names_its_row(dtype: str) -> None:
+    x = rows(10).astype(dtype)
+    x[7, 2] = np.nan
+    with pytest.raises(SchemaMismatchError, match=r"^Row 8 contains NaN or infinity\.$"):
+        collect(npy(x))
+
+
+def test_float64_within_float32_range_is_converted_like_numpy() -> None:
+    x = RNG.normal(0, 1e30, size=(9, 8))
+    got = np.concatenate([m for _, m in collect(npy(x))])
+    assert got.dtype == np.float32
+    assert got.tobytes() == x.astype(np.float32).tobytes()
+
+
 class Trickle(io.RawIOBase):
     """A stream that gives at most 7 bytes a read, as a socket may."""
 
