@@ -59,18 +59,15 @@ class Admission:
         self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         self.stats = AdmissionStats()
+        # A caller's rate limits on a model follow from who it is and the policy object
+        # (replaced, never changed, when the policy is): built once, not per request.
+        self._rates: dict[tuple[str, str, str, str], tuple[ModelPolicy, list[Limit]]] = {}
 
     def limits_for(self, principal: Principal, policy: ModelPolicy) -> list[Limit]:
         tier = self._tiers.get(principal.tier) or self._tiers["standard"]
-        limits = [
-            _bucket("key", f"rate#key#{principal.key_id}", tier.key),
-            _bucket("tenant", f"rate#tenant#{principal.tenant}", tier.tenant),
-        ]
-        if policy.rate_limit is not None:
-            limits.append(
-                _bucket("model", f"rate#model#{policy.model}#{principal.tenant}", policy.rate_limit)
-            )
+        limits = self._rate_limits(principal, policy, tier)
         if tier.daily_quota is not None:
+            limits = list(limits)
             now = self._clock()
             day_start = now - now % DAY_S
             day = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -84,6 +81,24 @@ class Admission:
                     expires_at=day_start + DAY_S,
                 )
             )
+        return limits
+
+    def _rate_limits(self, principal: Principal, policy: ModelPolicy, tier: Tier) -> list[Limit]:
+        key = (principal.key_id, principal.tenant, principal.tier, policy.model)
+        cached = self._rates.get(key)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        limits = [
+            _bucket("key", f"rate#key#{principal.key_id}", tier.key),
+            _bucket("tenant", f"rate#tenant#{principal.tenant}", tier.tenant),
+        ]
+        if policy.rate_limit is not None:
+            limits.append(
+                _bucket("model", f"rate#model#{policy.model}#{principal.tenant}", policy.rate_limit)
+            )
+        if len(self._rates) >= 100_000:
+            self._rates.clear()  # callers x models is small; a bound, not an eviction policy
+        self._rates[key] = (policy, limits)
         return limits
 
     def admit(self, principal: Principal, policy: ModelPolicy) -> Ticket:

@@ -85,9 +85,20 @@ class Verdict:
 class _Local:
     """A process's lease on one bucket."""
 
-    __slots__ = ("blocked_until", "expires", "lock", "refilling", "remote_remaining", "tokens")
+    __slots__ = (
+        "batch",
+        "blocked_until",
+        "expires",
+        "limit",
+        "lock",
+        "refilling",
+        "remote_remaining",
+        "tokens",
+    )
 
     def __init__(self) -> None:
+        self.limit: Limit | None = None  # the limit ``batch`` was sized for
+        self.batch = 1
         self.tokens = 0
         self.expires = 0.0
         self.remote_remaining = 0.0
@@ -128,6 +139,8 @@ class LeasedLimiter:
         local = self._local.get(limit.key)
         if local is None:
             local = self._local.setdefault(limit.key, _Local())
+        if local.limit is not limit:  # first use, or the tier or policy changed
+            local.batch, local.limit = self.batch(limit), limit
         with local.lock:
             if local.tokens > 0 and local.expires <= now:
                 local.tokens = 0  # an old lease is dropped, which keeps the bound above
@@ -139,7 +152,7 @@ class LeasedLimiter:
                     return self._deny(limit, local, local.blocked_until - now)
             local.tokens -= 1
             remaining = local.tokens + math.floor(local.remote_remaining)
-            batch = self.batch(limit)
+            batch = local.batch
             low = local.tokens <= batch // 2
             # A lease about to expire is topped up in time, so that a slow spender never
             # meets an expired lease (a store round trip on the request path).
