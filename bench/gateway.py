@@ -307,26 +307,35 @@ def measure(
 
 # -- a bare Python hop ---------------------------------------------------------------------------
 @contextlib.contextmanager
+def serving(command: list[str], workdir: Path, url: str) -> Iterator[int]:
+    """A server process for the run (output in ``workdir``), ready when ``url`` answers;
+    yields its pid and stops it at the end."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "stderr.log").open("ab")
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=processes._die_with_parent,  # like the stack's own children
+    )
+    try:
+        processes.wait_until_ready(url, proc, timeout_s=30)
+        yield proc.pid
+    finally:
+        processes.stop([proc], timeout_s=10)
+        log.close()
+
+
+@contextlib.contextmanager
 def python_hop(upstream_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
     """bench/python_hop.py: the floor of a Python proxy hop, to tell the gateway's own work
     per request from what any Python hop costs."""
     port = processes.free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = (workdir / "python-hop.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "python_hop.py"), str(port), upstream_url],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=processes._die_with_parent,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_until_ready(url + "/ping", proc, timeout_s=30)
-        yield url, proc.pid
-    finally:
-        processes.stop([proc], timeout_s=10)
-        log.close()
+    command = [sys.executable, str(BENCH / "python_hop.py"), str(port), upstream_url]
+    with serving(command, workdir, url + "/ping") as pid:
+        yield url, pid
 
 
 # -- nginx -----------------------------------------------------------------------------------
@@ -347,21 +356,10 @@ def nginx(upstream_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
             port=port,
         )
     )
-    log = (workdir / "stderr.log").open("ab")
-    proc = subprocess.Popen(
-        [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=processes._die_with_parent,  # like the stack's own children
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_until_ready(url + "/ping", proc, timeout_s=15)
-        yield url, proc.pid
-    finally:
-        processes.stop([proc], timeout_s=10)
-        log.close()
+    command = [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
+    with serving(command, workdir, url + "/ping") as pid:
+        yield url, pid
 
 
 # -- the stack -------------------------------------------------------------------------------

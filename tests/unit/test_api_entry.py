@@ -4,11 +4,7 @@ models or X-Ray until a request needs them), and answering exactly as the resolv
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +18,10 @@ from gateway.errors import GatewayError
 from gateway.models import BackendReply
 from gateway.service import Gateway
 from tests.fakes import InMemoryPolicyStore, RecordingInvoker
+from tests.fresh_python import run_fresh
 from tests.unit.test_api_handler import IRIS, LambdaContext, invocation
 from tests.unit.test_api_handler import http_event as api_event
 
-ROOT = Path(__file__).resolve().parents[2]
 # What the entry must not import: the resolver and the OpenAPI models its validation needs,
 # the X-Ray SDK, powertools' event data classes (a few dictionary look-ups do).
 HEAVY = (
@@ -45,18 +41,9 @@ def loaded_after(script: str) -> dict[str, Any]:
         + f"\nresult['heavy'] = sorted(m for m in sys.modules if m.startswith({HEAVY!r}))"
         + "\nprint(json.dumps(result))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INFERGW_"))}
-    env.update(AWS_DEFAULT_REGION="us-east-1", POWERTOOLS_METRICS_DISABLED="true")
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result: dict[str, Any] = run_fresh(
+        probe, {"AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true"}
     )
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -71,6 +58,7 @@ from functions import bootstrap
 from functions.api import app
 from gateway.service import Gateway
 from tests.fakes import InMemoryPolicyStore, RecordingInvoker
+from tests.fresh_python import run_fresh
 from tests.unit.test_api_handler import IRIS, LambdaContext, http_event, invocation
 
 bootstrap.use(gateway=Gateway(InMemoryPolicyStore([IRIS]), RecordingInvoker()))

@@ -3,21 +3,16 @@ cold start builds only what its function's first request needs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from functions import bootstrap, tracing
 from gateway.adapters import aws
+from tests.fresh_python import run_fresh
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
     "INFERGW_POLICIES_TABLE": "policies",
     "INFERGW_KEYS_TABLE": "keys",
@@ -145,15 +140,4 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(
     ("gateway.service", "gateway.dispatch", "gateway.payload", "aws_xray_sdk",
      "aws_lambda_powertools.event_handler")))))
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INFERGW_"))}
-    env.update(SETTINGS, AWS_DEFAULT_REGION="us-east-1")
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert run_fresh(script, {**SETTINGS, "AWS_DEFAULT_REGION": "us-east-1"}) == []
