@@ -14,8 +14,20 @@ _MAX_BUDGET_MS = 3_600_000
 _BUDGET = re.compile(r"^[0-9]{1,7}$")  # ASCII digits only: str.isdigit() admits '²'
 
 
+_HINT_HEADERS = (
+    "prefer",
+    "x-latency-budget-ms",
+    "idempotency-key",
+    "x-target-variant",
+    "x-session-id",
+)
+_NO_HINTS = RequestHints()
+
+
 def parse_hints(headers: Mapping[str, str]) -> RequestHints:
     """``headers`` must have lower-case names (as API Gateway v2 delivers them)."""
+    if not any(name in headers for name in _HINT_HEADERS):
+        return _NO_HINTS  # most requests: nothing to parse, one shared (frozen) answer
     return RequestHints(
         prefer_async=_prefers_async(headers.get("prefer", "")),
         latency_budget_ms=_budget(headers.get("x-latency-budget-ms")),

@@ -32,10 +32,12 @@ class UsageRecorder:
         self._lock = threading.Lock()
         self._last_flush = clock()
         self._flushing = False
+        self._day_index = -1
+        self._day_text = ""
 
     def record(self, tenant: str, model: str, ok: bool) -> None:
         now = self._clock()
-        key = (tenant, time.strftime("%Y-%m-%d", time.gmtime(now)), model)
+        key = (tenant, self._day(now), model)
         with self._lock:
             counts = self._pending.setdefault(key, [0, 0])
             counts[0] += 1
@@ -45,6 +47,14 @@ class UsageRecorder:
                 self._flushing = True
         if due:
             self._executor.submit(self.flush)
+
+    def _day(self, now: float) -> str:
+        """The UTC date of ``now``, formatted once a day rather than once a request."""
+        index = int(now // 86_400)
+        if index != self._day_index:
+            self._day_text = time.strftime("%Y-%m-%d", time.gmtime(now))
+            self._day_index = index
+        return self._day_text
 
     def flush(self) -> None:
         with self._lock:
