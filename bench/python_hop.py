@@ -1,4 +1,4 @@
-"""The floor of a Python proxy hop, for bench/gateway.py: uvicorn (as the gateway runs it)
+"""The floor of a Python proxy hop, for bench/gateway.py: uvicorn (served as the gateway is)
 and the gateway's pooled HTTP/1.1 client forwarding each POST to one origin, with nothing
 else - no auth, no limits, no routing, no metrics. What the gateway spends above this is the
 cost of its own work per request.
@@ -15,10 +15,8 @@ from typing import Any
 # The project root first: bench/ on sys.path would shadow the `gateway` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import uvicorn
-
 from gateway.adapters.http1 import Http1Pool
-from gateway.adapters.http_server import OneWriteHttpToolsProtocol
+from gateway.adapters.http_server import serve
 
 FORWARDED = ("content-type", "accept")
 
@@ -58,14 +56,4 @@ def make_app(origin: str) -> Any:
 
 
 if __name__ == "__main__":
-    uvicorn.run(
-        make_app(sys.argv[2]),
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        loop="uvloop",
-        http=OneWriteHttpToolsProtocol,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-    )
+    serve(make_app(sys.argv[2]), "127.0.0.1", int(sys.argv[1]))

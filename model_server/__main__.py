@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-import uvicorn
-
-from gateway.adapters.http_server import OneWriteHttpToolsProtocol
+from gateway.adapters.http_server import serve
 from model_runtime.onnx_model import OnnxModel
 from model_server import artifacts
 from model_server.app import INLINE_ROWS, create_app
@@ -61,17 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.batch_max_rows > 1
         else None
     )
-    uvicorn.run(
-        create_app(model, batching),
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http=OneWriteHttpToolsProtocol,  # a response in one write, not head then body
-        proxy_headers=False,  # its callers (the gateway, an endpoint host) reach it directly
-        server_header=False,
-    )
+    serve(create_app(model, batching), args.host, args.port)
 
 
 if __name__ == "__main__":

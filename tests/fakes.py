@@ -5,6 +5,8 @@ most importantly the optimistic concurrency of the DynamoDB policy store."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -12,8 +14,11 @@ from typing import Any
 
 from gateway.auth import digest_key, key_id_of, new_api_key
 from gateway.errors import ConflictError, DependencyUnavailableError
+from gateway.jobs import Job, JobStatus, can_move
 from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
 from gateway.ratelimit import BucketState, Grant, Limit, take
+
+BUCKET = "infergw-dev-artifacts-123456789012"  # what presigned URLs of the fakes name
 
 
 class InMemoryPolicyStore:
@@ -120,12 +125,30 @@ class RecordingInvoker:
         accept: str,
         timeout_s: float,
     ) -> BackendReply:
-        self.calls.append(InvokeCall(target, body, content_type, accept, timeout_s))
+        return self._answer(InvokeCall(target, body, content_type, accept, timeout_s))
+
+    def _answer(self, call: InvokeCall) -> BackendReply:
+        self.calls.append(call)
         if self.side_effect is not None:
             self.side_effect()
         if self.error is not None:
             raise self.error
         return self.reply
+
+
+class AsyncRecordingInvoker(RecordingInvoker):
+    """``RecordingInvoker`` for an event loop: suspends once, then answers as it would."""
+
+    async def invoke(  # type: ignore[override]
+        self,
+        target: EndpointTarget,
+        body: bytes,
+        content_type: str,
+        accept: str,
+        timeout_s: float,
+    ) -> BackendReply:
+        await asyncio.sleep(0)
+        return self._answer(InvokeCall(target, body, content_type, accept, timeout_s))
 
 
 class FakeClock:
@@ -307,3 +330,89 @@ class ScriptedInvoker:
     def endpoints(self) -> list[str]:
         """The endpoint names called, in order."""
         return [call.target.endpoint_name for call in self.calls]
+
+
+# --- in-memory job storage (JobStore, PayloadStore) ---------------------------------------
+
+
+class InMemoryJobStore:
+    """``JobStore`` in a dict, with the conditional semantics of ``DynamoDBJobStore``."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+
+    def create(self, job: Job) -> None:
+        if job.idempotency_key:
+            marker = (job.tenant, job.idempotency_key)
+            if marker in self._idempotency:
+                raise ConflictError("A job with this Idempotency-Key exists.")
+            self._idempotency[marker] = job.job_id
+        if job.job_id in self.jobs:
+            raise ConflictError(f"Job {job.job_id} exists.")
+        self.jobs[job.job_id] = job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def transition(self, job: Job, to: JobStatus, **updates: Any) -> Job | None:
+        if not can_move(job.status, to):
+            return None
+        return self._replace(job, dataclasses.replace(job, status=to, **updates))
+
+    def update(self, job: Job, **updates: Any) -> Job | None:
+        return self._replace(job, dataclasses.replace(job, **updates))
+
+    def list_for_tenant(self, tenant: str, limit: int) -> list[Job]:
+        mine = [j for j in self.jobs.values() if j.tenant == tenant]
+        return sorted(mine, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        job_id = self._idempotency.get((tenant, key))
+        return None if job_id is None else self.jobs.get(job_id)
+
+    def pending_uploads(self, expired_before: float) -> list[Job]:
+        return [
+            j
+            for j in self.jobs.values()
+            if j.status is JobStatus.PENDING_UPLOAD
+            and j.expires_at is not None
+            and j.expires_at < expired_before
+        ]
+
+    def recent(self, limit: int) -> list[Job]:
+        return sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def _replace(self, old: Job, new: Job) -> Job | None:
+        current = self.jobs.get(old.job_id)
+        if current is None or (current.status, current.lease_owner) != (
+            old.status,
+            old.lease_owner,
+        ):
+            return None
+        self.jobs[new.job_id] = new
+        return new
+
+
+@dataclass
+class InMemoryPayloadStore:
+    """``PayloadStore``: objects in a dict, presigned URLs shaped like S3's."""
+
+    objects: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+
+    def put(self, key: str, body: bytes, content_type: str) -> None:
+        self.objects[key] = (body, content_type)
+
+    def presign_upload(
+        self, key: str, max_bytes: int, content_type: str, expires_s: int
+    ) -> dict[str, object]:
+        return {
+            "method": "POST",
+            "url": f"https://{BUCKET}.s3.amazonaws.com/",
+            "fields": {"Content-Type": content_type, "key": key, "policy": "eyJleHBpcmF0aW9u"},
+            "max_bytes": max_bytes,
+            "expires_in_s": expires_s,
+        }
+
+    def presign_download(self, key: str, expires_s: int) -> str:
+        return f"https://{BUCKET}.s3.amazonaws.com/{key}?X-Amz-Expires={expires_s}"

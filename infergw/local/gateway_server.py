@@ -7,15 +7,13 @@ from __future__ import annotations
 import argparse
 import gc
 
-import uvicorn
-
 from functions import bootstrap
 from functions.api import invocation
 from functions.api.app import PUBLIC_PATHS
 from functions.api.app import handler as api_handler
 from functions.api.native import NativeInvocations
 from functions.authorizer.app import handler as authorizer_handler
-from gateway.adapters.http_server import OneWriteHttpToolsProtocol
+from gateway.adapters.http_server import serve
 from infergw.local import observe
 from infergw.local.http_api import LocalHttpApi
 
@@ -48,17 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http=OneWriteHttpToolsProtocol,  # a response in one write, not head then body
-        proxy_headers=False,  # clients reach this front end directly
-        server_header=False,
-    )
+    serve(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,21 @@ from functions.sweeper import app as sweeper
 from gateway.admin import KeyAdmin, PolicyAdmin
 from gateway.auth import ApiKeyAuthenticator, digest_key, principal_to_context
 from gateway.authn import CredentialAuthenticator
-from gateway.errors import ConflictError
-from gateway.jobs import Job, JobService, JobStatus, can_move
+from gateway.jobs import Job, JobService, JobStatus
 from gateway.models import BackendReply, EndpointTarget, InputSchema, ModelPolicy
 from gateway.notifications import for_job
 from gateway.service import Gateway
-from tests.fakes import FakeKeyStore, FakePolicyStore, RecordingInvoker, issue_key
+from tests.fakes import (
+    BUCKET,
+    FakeKeyStore,
+    FakePolicyStore,
+    InMemoryJobStore,
+    InMemoryPayloadStore,
+    RecordingInvoker,
+    issue_key,
+)
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-BUCKET = "infergw-dev-artifacts-123456789012"
 REGION = "us-east-1"
 SAMPLE_JOB_ID = "job_5f0c2a9e8b7d4c1a3e6f9b20"
 
@@ -111,92 +117,6 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 29_000
-
-
-# --- in-memory job storage ------------------------------------------------------------------
-
-
-class InMemoryJobStore:
-    """``JobStore`` in a dict, with the conditional semantics of ``DynamoDBJobStore``."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
-        self._idempotency: dict[tuple[str, str], str] = {}
-
-    def create(self, job: Job) -> None:
-        if job.idempotency_key:
-            marker = (job.tenant, job.idempotency_key)
-            if marker in self._idempotency:
-                raise ConflictError("A job with this Idempotency-Key exists.")
-            self._idempotency[marker] = job.job_id
-        if job.job_id in self.jobs:
-            raise ConflictError(f"Job {job.job_id} exists.")
-        self.jobs[job.job_id] = job
-
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
-
-    def transition(self, job: Job, to: JobStatus, **updates: Any) -> Job | None:
-        if not can_move(job.status, to):
-            return None
-        return self._replace(job, dataclasses.replace(job, status=to, **updates))
-
-    def update(self, job: Job, **updates: Any) -> Job | None:
-        return self._replace(job, dataclasses.replace(job, **updates))
-
-    def list_for_tenant(self, tenant: str, limit: int) -> list[Job]:
-        mine = [j for j in self.jobs.values() if j.tenant == tenant]
-        return sorted(mine, key=lambda j: j.created_at, reverse=True)[:limit]
-
-    def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
-        job_id = self._idempotency.get((tenant, key))
-        return None if job_id is None else self.jobs.get(job_id)
-
-    def pending_uploads(self, expired_before: float) -> list[Job]:
-        return [
-            j
-            for j in self.jobs.values()
-            if j.status is JobStatus.PENDING_UPLOAD
-            and j.expires_at is not None
-            and j.expires_at < expired_before
-        ]
-
-    def recent(self, limit: int) -> list[Job]:
-        return sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)[:limit]
-
-    def _replace(self, old: Job, new: Job) -> Job | None:
-        current = self.jobs.get(old.job_id)
-        if current is None or (current.status, current.lease_owner) != (
-            old.status,
-            old.lease_owner,
-        ):
-            return None
-        self.jobs[new.job_id] = new
-        return new
-
-
-@dataclass
-class InMemoryPayloadStore:
-    """``PayloadStore``: objects in a dict, presigned URLs shaped like S3's."""
-
-    objects: dict[str, tuple[bytes, str]] = field(default_factory=dict)
-
-    def put(self, key: str, body: bytes, content_type: str) -> None:
-        self.objects[key] = (body, content_type)
-
-    def presign_upload(
-        self, key: str, max_bytes: int, content_type: str, expires_s: int
-    ) -> dict[str, object]:
-        return {
-            "method": "POST",
-            "url": f"https://{BUCKET}.s3.amazonaws.com/",
-            "fields": {"Content-Type": content_type, "key": key, "policy": "eyJleHBpcmF0aW9u"},
-            "max_bytes": max_bytes,
-            "expires_in_s": expires_s,
-        }
-
-    def presign_download(self, key: str, expires_s: int) -> str:
-        return f"https://{BUCKET}.s3.amazonaws.com/{key}?X-Amz-Expires={expires_s}"
 
 
 # --- installed services ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import calendar
 import itertools
 import json
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -31,20 +31,22 @@ from gateway.errors import (
     BackendError,
     BackendTimeoutError,
     BackendUnavailableError,
-    ConflictError,
     SchemaMismatchError,
 )
-from gateway.jobs import Job, JobService, JobStatus
+from gateway.jobs import JobService
 from gateway.live import LiveState
 from gateway.models import BackendReply, EndpointTarget, InputSchema, ModelPolicy
 from gateway.ratelimit import LeasedLimiter
 from gateway.service import Gateway
 from infergw.local.http_api import LocalHttpApi
 from tests.fakes import (
+    AsyncRecordingInvoker,
     DeferredExecutor,
     FakeClock,
     FakePolicyStore,
+    InMemoryJobStore,
     InMemoryLimitStore,
+    InMemoryPayloadStore,
     InvokeCall,
     RecordingInvoker,
 )
@@ -110,86 +112,6 @@ def run(scenario: Coroutine[Any, Any, T], limit_s: float = 30.0) -> T:
     return asyncio.run(bounded())
 
 
-# --- in-memory job storage: what JobService.submit_inline uses ----------------------------
-
-
-class Jobs:
-    """``JobStore`` in a dict: creating, reading, finding by Idempotency-Key."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
-
-    def create(self, job: Job) -> None:
-        key = job.idempotency_key
-        if key and self.find_by_idempotency_key(job.tenant, key) is not None:
-            raise ConflictError("A job with this Idempotency-Key exists.")
-        self.jobs[job.job_id] = job
-
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
-
-    def find_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
-        return next(
-            (j for j in self.jobs.values() if (j.tenant, j.idempotency_key) == (tenant, key)),
-            None,
-        )
-
-    def transition(self, job: Job, to: JobStatus, **updates: object) -> Job | None:
-        raise NotImplementedError
-
-    def update(self, job: Job, **updates: object) -> Job | None:
-        raise NotImplementedError
-
-    def list_for_tenant(self, tenant: str, limit: int) -> list[Job]:
-        return [j for j in self.jobs.values() if j.tenant == tenant][:limit]
-
-    def pending_uploads(self, expired_before: float) -> list[Job]:
-        return []
-
-    def recent(self, limit: int) -> list[Job]:
-        return list(self.jobs.values())[:limit]
-
-
-@dataclass
-class Payloads:
-    """``PayloadStore`` in a dict."""
-
-    objects: dict[str, tuple[bytes, str]] = field(default_factory=dict)
-
-    def put(self, key: str, body: bytes, content_type: str) -> None:
-        self.objects[key] = (body, content_type)
-
-    def presign_upload(
-        self, key: str, max_bytes: int, content_type: str, expires_s: int
-    ) -> dict[str, object]:
-        raise NotImplementedError
-
-    def presign_download(self, key: str, expires_s: int) -> str:
-        raise NotImplementedError
-
-
-# --- the backend, blocking and async, behaving alike ----------------------------------------
-
-
-@dataclass
-class AsyncRecordingInvoker:
-    """RecordingInvoker for an event loop: records, suspends once, then raises ``error`` if
-    set, else returns ``reply``."""
-
-    reply: BackendReply
-    error: BaseException | None = None
-    calls: list[InvokeCall] = field(default_factory=list)
-
-    async def invoke(
-        self, target: EndpointTarget, body: bytes, content_type: str, accept: str, timeout_s: float
-    ) -> BackendReply:
-        self.calls.append(InvokeCall(target, body, content_type, accept, timeout_s))
-        await asyncio.sleep(0)
-        if self.error is not None:
-            raise self.error
-        return self.reply
-
-
 @dataclass
 class Stack:
     app: LocalHttpApi
@@ -205,7 +127,7 @@ def build_gateway(invoker: RecordingInvoker) -> Gateway:
         FakePolicyStore(POLICIES),
         invoker,
         admission=Admission(limiter, clock=clock),
-        jobs=JobService(Jobs(), Payloads(), clock=clock),
+        jobs=JobService(InMemoryJobStore(), InMemoryPayloadStore(), clock=clock),
         live=LiveState(clock=FakeClock(1_000.0)),
     )
 

@@ -4,7 +4,6 @@ precise reason, and no input makes the runner raise or retry."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import random
@@ -16,47 +15,27 @@ import pytest
 
 from async_worker.runner import JobRunner, ModelCache, Outcome, RunnerConfig
 from async_worker.worker import QueueConfig, Worker
-from gateway.jobs import Job, JobStatus, can_move
+from gateway.jobs import Job, JobStatus
 from gateway.notifications import Notification
 from infergw.demo.models import build_digits, digits_split
 from model_runtime.streaming import NDJSON, NPY
+from tests.fakes import InMemoryJobStore
 
 MODEL_KEY = "models/digits/1/model.onnx"
 BATCH = 64
 
 
 # -- in-memory stores, with the real adapters' contracts ---------------------------------
-class MemoryJobs:
-    """Conditional writes on (status, lease owner), as DynamoDBJobStore makes them."""
+class MemoryJobs(InMemoryJobStore):
+    """The JobStore fake, also keeping every update's fields (progress writes)."""
 
     def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
+        super().__init__()
         self.updates: list[dict[str, object]] = []
-
-    def create(self, job: Job) -> None:
-        self.jobs[job.job_id] = job
-
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
-
-    def transition(self, job: Job, to: JobStatus, **updates: object) -> Job | None:
-        if not can_move(job.status, to):
-            return None
-        return self._replace(job, dataclasses.replace(job, status=to, **updates))  # type: ignore[arg-type]
 
     def update(self, job: Job, **updates: object) -> Job | None:
         self.updates.append(updates)
-        return self._replace(job, dataclasses.replace(job, **updates))  # type: ignore[arg-type]
-
-    def _replace(self, old: Job, new: Job) -> Job | None:
-        current = self.jobs.get(old.job_id)
-        if current is None or (current.status, current.lease_owner) != (
-            old.status,
-            old.lease_owner,
-        ):
-            return None
-        self.jobs[new.job_id] = new
-        return new
+        return super().update(job, **updates)
 
 
 class MemoryWriter:
