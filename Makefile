@@ -62,6 +62,8 @@ build-ApiFunction build-AuthorizerFunction build-SweeperFunction:
 		--platform manylinux2014_aarch64 --implementation cp --python-version 3.11 \
 		--only-binary=:all: -r lambda-requirements.txt
 	cp -r gateway functions "$(ARTIFACTS_DIR)/"
+	# Only the AWS services the functions call: ~60 ms less of every cold start.
+	$(PYTHON) infergw/lambda_package.py "$(ARTIFACTS_DIR)"
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
 	# Bytecode in the package: the function's code directory is read-only, so without it
 	# every cold start compiles every module it imports (~450 ms more for the API). Made by

@@ -147,7 +147,8 @@ class ModelPolicy(BaseModel):
 class NewKey(BaseModel):
     """An operator's request for an API key."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built at its first use, not at import: an invocation's cold start never needs it.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     tenant: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     scopes: Annotated[list[Scope], Field(min_length=1)] = Field(
@@ -160,6 +161,8 @@ class NewKey(BaseModel):
 
 class ModelSummary(BaseModel):
     """The part of a policy a caller may see."""
+
+    model_config = ConfigDict(defer_build=True)  # as NewKey's
 
     model: str
     version: str

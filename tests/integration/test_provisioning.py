@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 
 from functions.api.app import PUBLIC_PATHS
+from infergw.lambda_package import KEEP
 from infergw.local.stack import TEMPLATE, Connection
 
 
@@ -87,3 +88,6 @@ def test_sam_build_packages_every_function_lean() -> None:
         compiled = build / function / "functions" / "__pycache__"
         assert list(compiled.glob("bootstrap.cpython-311.pyc")), sorted(compiled.iterdir())
         assert list((build / function / "botocore" / "__pycache__").glob("client.cpython-311.pyc"))
+        # botocore keeps the models of the services the functions call, not all ~440.
+        data = build / function / "botocore" / "data"
+        assert {p.name for p in data.iterdir() if p.is_dir()} == KEEP
