@@ -509,8 +509,11 @@ def profile(
     workdir: Path,
     top: int,
     meter: CpuMeter | None = None,
+    concurrency: int = 8,
 ) -> dict[str, Any]:
-    """Sample ``pid`` with py-spy for ``seconds`` while wrk loads ``target`` at c=8.
+    """Sample ``pid`` with py-spy for ``seconds`` while wrk loads ``target`` at c=8 (or
+    ``concurrency``: at c=1 the processes do not compete for the cores, so that time spent
+    descheduled while holding the GIL does not show as the code it interrupted).
 
     ``--gil``: only samples of the thread holding the GIL, i.e. the process's Python CPU
     time (a GIL-bound server's capacity); time in C with the GIL released (socket calls,
@@ -520,7 +523,7 @@ def profile(
         return {"process": name, "error": "py-spy not installed (.venv/bin/pip install py-spy)"}
     raw_file = workdir / f"profile-{name}.txt"
     wrk_seconds = seconds + 3
-    with concurrent_wrk(target, 8, wrk_seconds, body_file, meter) as load:
+    with concurrent_wrk(target, concurrency, wrk_seconds, body_file, meter) as load:
         time.sleep(1)  # wrk connected and the gateway busy before sampling starts
         spy_out = subprocess.run(
             [
@@ -827,9 +830,10 @@ def main() -> None:
     parser.add_argument(
         "--profile-targets",
         default="gateway",
-        help="stack processes to sample at c=8 through the gateway (gateway,endpoint-host)",
+        help="processes to sample at c=8 through the gateway (gateway,model-server,endpoint-host)",
     )
     parser.add_argument("--profile-top", type=int, default=15)
+    parser.add_argument("--profile-concurrency", type=int, default=8)
     parser.add_argument(
         "--retries", type=int, default=2, help="re-measure a run another job overlapped"
     )
@@ -965,13 +969,14 @@ def main() -> None:
                     prof.append(
                         profile(
                             name,
-                            stack.process(name).pid,
+                            pids[name],
                             targets["gateway"],
                             body_file,
                             args.profile_seconds,
                             workdir,
                             args.profile_top,
                             meter,
+                            args.profile_concurrency,
                         )
                     )
 

@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.errors import MalformedRequestError, SchemaMismatchError, UnsupportedMediaTypeError
 from gateway.models import InputSchema
 
@@ -122,13 +124,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
 
 
-# One decoder for every body: json.loads with an option builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# The standard parser, for bodies orjson refuses: it says what is wrong as precisely as
+# before (1e999 parses to inf, which the row check names by row and column). One decoder
+# for every call: json.loads with an option builds a new one per call.
+_PRECISE = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _loads(text: str, where: str) -> Any:
+    # orjson first: a one-row body parses in ~1.6 us against json's ~14 us, on every
+    # request the gateway checks and again in the model server. What it accepts, json
+    # accepts with the same value, but for integers beyond 64 bits, which it reads as
+    # floats instead of refusing as too large for a float.
     try:
-        return _DECODER.decode(text)
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return _PRECISE.decode(text)
     except RecursionError:
         raise MalformedRequestError(f"{where} is nested too deeply.") from None
     except ValueError as exc:

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from gateway import payload as payloads
 from gateway.errors import MalformedRequestError, SchemaMismatchError
@@ -42,18 +42,18 @@ def output_rows(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     return [{name: column[i] for name, column in columns.items()} for i in range(count)]
 
 
+# orjson writes the bytes json.dumps would with compact separators, ~7x faster: on a
+# one-row answer, a tenth of the model server's CPU time. Floats stay the float64 of each
+# float32 (tolist), as before; only non-finite outputs differ (null, not JSON's NaN).
 def encode_json(outputs: dict[str, np.ndarray], *, model: str, version: str) -> bytes:
-    return json.dumps(
-        {"model": model, "version": version, "predictions": output_rows(outputs)},
-        separators=(",", ":"),
-    ).encode()
+    return orjson.dumps({"model": model, "version": version, "predictions": output_rows(outputs)})
 
 
 _OIP_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}
 
 
 def encode_oip(outputs: dict[str, np.ndarray], *, model: str, version: str) -> bytes:
-    return json.dumps(
+    return orjson.dumps(
         {
             "model_name": model,
             "model_version": version,
@@ -66,6 +66,5 @@ def encode_oip(outputs: dict[str, np.ndarray], *, model: str, version: str) -> b
                 }
                 for name, value in outputs.items()
             ],
-        },
-        separators=(",", ":"),
-    ).encode()
+        }
+    )

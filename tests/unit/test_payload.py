@@ -576,3 +576,24 @@ def test_every_text_format_decodes_the_same_matrix(rows: list[list[float]]) -> N
         payload.check_schema(decoded, InputSchema(features=len(rows[0])))
         with pytest.raises(SchemaMismatchError):
             payload.check_schema(decoded, InputSchema(features=len(rows[0]) + 1))
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[NaN, 1]", "NaN is not a finite number"),
+        (b"[1, -Infinity]", "-Infinity is not a finite number"),
+        (b"[1, 2,]", "not valid JSON"),
+    ],
+)
+def test_what_the_fast_parser_refuses_is_explained_precisely(body: bytes, fragment: str) -> None:
+    with pytest.raises(MalformedRequestError) as raised:
+        payload.decode(body, JSON)
+    assert fragment in raised.value.detail
+
+
+def test_a_number_beyond_a_double_is_named_by_row_and_column() -> None:
+    # orjson refuses 1e999; the precise parser reads it as inf, which the row check names.
+    with pytest.raises(SchemaMismatchError) as raised:
+        payload.decode(b'{"inputs": [[1, 2], [3, 1e999]]}', JSON)
+    assert raised.value.extensions == {"row": 2, "column": 2}
