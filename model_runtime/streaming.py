@@ -294,21 +294,34 @@ def _as_float32(chunk: np.ndarray) -> np.ndarray:
 def _refuse_non_finite(chunk: np.ndarray, first_row: int) -> None:
     """A NaN or an infinity fails the job, naming its row (``first_row`` is the chunk's).
 
-    The common case, all finite, costs a max and a min: NaN propagates through both and an
-    infinity is one of them, so both are finite exactly when every value is - without the
-    boolean temporary of an elementwise test, and, unlike a sum, with no overflow to inf on
-    large finite values. Only a chunk that fails is scanned element by element for its
-    first bad row."""
-    if chunk.size == 0:  # rows of no columns: nothing to check, and no max to take
+    The common case, all finite, costs one pass: the sum of the squares, a dot product of
+    the chunk with itself. A NaN or an infinity makes that sum NaN or inf; squares are
+    never negative, so finite values cannot cancel to a NaN either: a finite sum proves
+    every value finite. Large finite values can overflow it to inf (a square above
+    float32's 3.4e38, from any value above ~1.8e19): so a sum that is not finite only sends
+    the chunk to the precise scan, ``_first_bad_row``, which refuses it only if a value
+    really is NaN or infinite - such inputs are slower to check, never refused.
+
+    Why a dot: the chunk has just been read, and one pass over it while it is still in
+    the caches is what counts. The max and the min this replaced are two passes; on the
+    bench they cost ~4% of onnxruntime's time, the dot ~2.5%."""
+    if chunk.size == 0:  # rows of no columns: nothing to check
         return
-    if np.isfinite(np.maximum.reduce(chunk, axis=None)) and np.isfinite(
-        np.minimum.reduce(chunk, axis=None)
-    ):
+    flat = chunk.reshape(-1)  # C-contiguous (read or converted): a view, not a copy
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is an answer here
+        squares = np.dot(flat, flat)
+    if np.isfinite(squares):
         return
-    bad_rows = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
-    if len(bad_rows):
-        row = first_row + int(bad_rows[0])
+    bad = _first_bad_row(chunk)
+    if bad is not None:
+        row = first_row + bad
         raise SchemaMismatchError(f"Row {row} contains NaN or infinity.", row=row)
+
+
+def _first_bad_row(chunk: np.ndarray) -> int | None:
+    """The index of the first row holding a NaN or an infinity, element by element."""
+    bad_rows = np.flatnonzero(~np.isfinite(chunk).all(axis=1))
+    return int(bad_rows[0]) if len(bad_rows) else None
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode

@@ -85,6 +85,7 @@ class LocalHttpApi:
         self._api = api
         self._authorizer = authorizer
         self._public = [_route_pattern(p) for p in public_paths]
+        self._is_public: dict[str, bool] = {}  # by path: one lookup, not five regexes
         self._ttl = authorizer_ttl_s
         self._stage = stage
         self._verdicts: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -121,7 +122,13 @@ class LocalHttpApi:
             body = await _read_body(receive)
             authorizer_context: dict[str, Any] | None = None
             auth_ms = 0.0
-            if not any(p.match(path) for p in self._public):
+            public = self._is_public.get(path)
+            if public is None:
+                public = any(p.match(path) for p in self._public)
+                if len(self._is_public) > 10_000:  # paths are the client's to choose
+                    self._is_public.clear()
+                self._is_public[path] = public
+            if not public:
                 auth_started = time.perf_counter()
                 authorizer_context = await self._authorize(headers, scope, request_id)
                 auth_ms = (time.perf_counter() - auth_started) * 1000

@@ -7,6 +7,7 @@ import io
 import json
 import random
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -191,8 +192,8 @@ def test_float64_beyond_float32_range_is_refused_as_infinity() -> None:
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_a_bad_value_is_found_wherever_it_is(value: float) -> None:
-    """The check's fast path is a max and a min (vectorised, with tails of odd lengths):
-    a bad value in any position of any row is caught, and named by its row."""
+    """The check's fast path is a dot product (vectorised, with tails of odd lengths): a
+    bad value in any position of any row is caught, and named by its row."""
     x = rows(5, width=7)
     for row in range(5):
         for column in range(7):
@@ -221,6 +222,64 @@ def test_large_finite_values_are_accepted_unchanged() -> None:
     x[::2] = -top
     got = np.concatenate([m for _, m in collect(npy(x))])
     assert got.tobytes() == x.tobytes()
+
+
+def _spy_on_the_precise_scan(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the chunks the NaN check scans element by element (its slow path)."""
+    scans: list[int] = []
+    precise = streaming._first_bad_row
+
+    def counted(chunk: np.ndarray) -> int | None:
+        scans.append(len(chunk))
+        return precise(chunk)
+
+    monkeypatch.setattr(streaming, "_first_bad_row", counted)
+    return scans
+
+
+def test_ordinary_values_pass_the_fast_check_without_an_elementwise_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scans = _spy_on_the_precise_scan(monkeypatch)
+    x = rows(23) * 1e6
+    x[5, 1] = np.finfo(np.float32).tiny / 4  # a subnormal is finite too
+    got = np.concatenate([m for _, m in collect(npy(x))])
+    assert got.tobytes() == x.tobytes()
+    assert scans == []
+
+
+@pytest.mark.parametrize("read_bytes", [0, 1 << 20])
+def test_values_whose_squares_overflow_fall_back_to_the_precise_scan_and_pass(
+    monkeypatch: pytest.MonkeyPatch, read_bytes: int
+) -> None:
+    """2e19 squared is beyond float32's range, so the fast check's sum is inf: the chunk is
+    scanned element by element, found finite, and passes unchanged - with no overflow
+    warning (numpy warns on an overflowing dot unless told not to)."""
+    monkeypatch.setattr(streaming, "_NPY_READ_BYTES", read_bytes)
+    scans = _spy_on_the_precise_scan(monkeypatch)
+    x = rows(23)
+    x[17, 6] = 2e19
+    x[3, 0] = -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.concatenate([m for _, m in collect(npy(x))])
+    assert got.tobytes() == x.tobytes()
+    # Only the chunks holding a large value are scanned: all of them in one read, the
+    # two batches (rows 1-4 and 17-20) when each batch is its own read.
+    assert scans == ([23] if read_bytes else [4, 4])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_bad_value_behind_an_overflowing_one_is_still_named(value: float) -> None:
+    """An overflow and a real NaN look alike to the fast check; the scan tells them apart
+    and names the bad value's row, not the large value's."""
+    x = rows(23)
+    x[2, 3] = 3e38
+    x[9, 0] = -2e19
+    x[14, 7] = value
+    with pytest.raises(SchemaMismatchError) as caught:
+        collect(npy(x), batch_rows=64)
+    assert caught.value.detail == "Row 15 contains NaN or infinity."
 
 
 @pytest.mark.parametrize("dtype", ["<f8", ">f4", "<f2"])
