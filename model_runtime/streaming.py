@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import io
-import json
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
+import orjson
 
 from gateway import payload as payloads
 from gateway.errors import (
@@ -150,7 +150,7 @@ def _fast_matrix(lines: list[bytes], kind: str, features: int | None) -> np.ndar
             # lose their row number here: the precise parser handles and names them.
             if any(token in joined for token in (b"{", b'"', b"true", b"false", b"null")):
                 return None
-            matrix = np.array(json.loads(b"[" + joined + b"]"), dtype=np.float32)
+            matrix = np.array(orjson.loads(b"[" + joined + b"]"), dtype=np.float32)
     except (ValueError, TypeError, RecursionError):
         return None
     if matrix.ndim != 2 or (features is not None and matrix.shape[1] != features):
@@ -324,7 +324,10 @@ def _first_bad_row(chunk: np.ndarray) -> int | None:
     return int(bad_rows[0]) if len(bad_rows) else None
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+def _encode(value: Any) -> str:
+    # orjson: the text json.dumps writes with compact separators, ~7x faster (exponents
+    # as e-6, not e-06); NaN outputs become null, not JSON's invalid NaN.
+    return orjson.dumps(value).decode()
 
 
 def output_type(accept: str) -> str:
@@ -514,13 +517,13 @@ def _ndjson(outputs: dict[str, np.ndarray]) -> bytes:
     columns: list[list[str]] = []
     for value in outputs.values():
         if value.ndim == 1:
-            columns.append(_ENCODE(value.tolist())[1:-1].split(","))
+            columns.append(_encode(value.tolist())[1:-1].split(","))
         elif value.ndim == 2 and value.shape[1] > 0:
-            text = _ENCODE(value.tolist())
+            text = _encode(value.tolist())
             columns.append(["[" + cell + "]" for cell in text[2:-2].split("],[")])
         else:
-            columns.append([_ENCODE(row) for row in value.tolist()])
-    keys = [_ENCODE(name) + ":" for name in outputs]
+            columns.append([_encode(row) for row in value.tolist()])
+    keys = [_encode(name) + ":" for name in outputs]
     lines = [
         "{" + ",".join(k + c for k, c in zip(keys, row, strict=True)) + "}"
         for row in zip(*columns, strict=True)
@@ -529,4 +532,4 @@ def _ndjson(outputs: dict[str, np.ndarray]) -> bytes:
 
 
 def _dumps(row: dict[str, Any]) -> bytes:
-    return json.dumps(row, separators=(",", ":")).encode()
+    return orjson.dumps(row)
