@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/async_latency.py --quick
 	$(BIN)/python bench/model_server.py --quick
-	$(BIN)/python bench/gateway.py --quick
+	$(BIN)/python bench/gateway.py --rounds 3 --seconds 3
 	$(BIN)/python bench/cold_start.py
 
 ## ten minutes of mixed traffic: rate held, 5xx, memory growth, jobs lost
