@@ -26,13 +26,14 @@ test: $(STAMP)
 
 ## every benchmark (results in bench/results/, tables printed)
 bench: $(STAMP)
+	# Cold starts first: fresh processes timed on a machine no other benchmark just loaded.
+	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/async_latency.py --quick
 	$(BIN)/python bench/model_server.py --quick
 	$(BIN)/python bench/gateway.py --rounds 3 --seconds 3
-	$(BIN)/python bench/cold_start.py
 
 ## ten minutes of mixed traffic: rate held, 5xx, memory growth, jobs lost
 soak: $(STAMP)
