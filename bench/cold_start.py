@@ -22,7 +22,6 @@ against a bare `python -c pass` so that the interpreter's own start is visible.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -95,16 +94,11 @@ ENV = {
 def packaged_botocore() -> Path:
     """The venv's botocore as the Lambda package ships it (infergw/lambda_package.py:
     only the services the functions call), in a directory put first on PYTHONPATH."""
-    spec = importlib.util.find_spec("botocore")
-    assert spec is not None and spec.origin is not None
     site = Path(tempfile.mkdtemp(prefix="cold-start-site-"))
-    shutil.copytree(
-        Path(spec.origin).parent, site / "botocore", ignore=shutil.ignore_patterns("__pycache__")
-    )
     # In a child: imported here, the package would raise the peak memory every probe
     # inherits from this process.
     subprocess.run(
-        [sys.executable, str(ROOT / "infergw" / "lambda_package.py"), str(site)],
+        [sys.executable, str(ROOT / "infergw" / "lambda_package.py"), "--copy-installed", site],
         check=True,
         capture_output=True,
     )

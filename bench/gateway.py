@@ -234,7 +234,8 @@ def wrk(
         str(LUA),
         target.url,
     ]
-    counted = request_counts(target.metrics_url) if target.metrics_url else None
+    metrics_url = target.metrics_url
+    counted = request_counts(metrics_url) if metrics_url else {}
     before = meter.snapshot() if meter else None
     out = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False
@@ -255,10 +256,10 @@ def wrk(
     # wrk stops at its deadline with requests still in flight; let the server finish them so
     # they neither overlap the next run nor count against the gateway's capacity in it.
     time.sleep(min(2.0, max(0.05, 1.5 * result["p99_us"] / 1e6)))
-    if counted is not None and target.metrics_url:
+    if metrics_url:
         routes: dict[str, int] = {}
         statuses: dict[str, int] = {}
-        for (route, status), n in request_counts(target.metrics_url).items():
+        for (route, status), n in request_counts(metrics_url).items():
             new = n - counted.get((route, status), 0)
             if new > 0:
                 routes[route] = routes.get(route, 0) + new

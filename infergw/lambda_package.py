@@ -6,16 +6,18 @@ legacy ``endpoints.json``; with every service there, that is ~60 ms of each cold
 spent on services the functions never call. The package keeps the services below
 (and the credential chain's own), and ``endpoints.json`` keeps their entries only.
 
-Run by the Makefile's ``build-*`` targets on a function's build directory, and by
-``bench/cold_start.py`` on the botocore it measures. Standard library only: it runs under
-whatever Python drives ``sam build``.
+Run by the Makefile's ``build-*`` targets on a function's build directory; with
+``--copy-installed``, it first copies in the botocore this interpreter has, as
+``bench/cold_start.py`` and the tests do to measure and check what the package ships.
+Standard library only: it runs under whatever Python drives ``sam build``.
 
-    python infergw/lambda_package.py BUILD_DIR
+    python infergw/lambda_package.py [--copy-installed] BUILD_DIR
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import shutil
 import sys
@@ -66,10 +68,22 @@ def slim_botocore(botocore_dir: Path, keep: frozenset[str] = KEEP) -> int:
     return removed
 
 
+def copy_installed(build_dir: Path) -> Path:
+    """A copy of the botocore this interpreter imports, in ``build_dir``, without bytecode."""
+    spec = importlib.util.find_spec("botocore")
+    if spec is None or spec.origin is None:
+        raise SystemExit("botocore is not installed")
+    target = build_dir / "botocore"
+    shutil.copytree(Path(spec.origin).parent, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 1:
+    copy = argv[:1] == ["--copy-installed"]
+    if len(argv) != 1 + copy:
         raise SystemExit(__doc__)
-    removed = slim_botocore(Path(argv[0]) / "botocore")
+    build_dir = Path(argv[-1])
+    removed = slim_botocore(copy_installed(build_dir) if copy else build_dir / "botocore")
     print(f"botocore: {removed} unused service models removed, kept {sorted(KEEP)}")
 
 

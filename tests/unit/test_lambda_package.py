@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from infergw.lambda_package import FUNCTION_SERVICES, KEEP, slim_botocore
+from infergw.lambda_package import FUNCTION_SERVICES, KEEP, copy_installed, slim_botocore
 from tests.fresh_python import ROOT, run_fresh
 
 SHIPPED = ("gateway", "functions")  # what the Makefile copies into the package
@@ -28,13 +26,8 @@ def test_every_client_the_functions_create_is_kept() -> None:
 
 @pytest.fixture(scope="module")
 def slimmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = importlib.util.find_spec("botocore")
-    assert spec is not None and spec.origin is not None
     site = tmp_path_factory.mktemp("package")
-    shutil.copytree(
-        Path(spec.origin).parent, site / "botocore", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    assert slim_botocore(site / "botocore") > 400
+    assert slim_botocore(copy_installed(site)) > 400
     return site
 
 
