@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.admission import Admission
 from gateway.auth import ApiKeyAuthenticator
 from gateway.live import LiveState
-from gateway.models import Backend, ModelPolicy, Tier
+from gateway.models import ModelPolicy, Tier
 from gateway.ratelimit import LeasedLimiter
 from gateway.routing import SYNC_ORDER, RequestFacts, pick_variant, plan, targets_for
+from gateway.values import Backend
 from tests.fakes import InMemoryKeyStore, InMemoryLimitStore, issue_key
 
 POLICY = ModelPolicy.model_validate(

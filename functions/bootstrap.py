@@ -4,8 +4,9 @@ and install them with :func:`use`.
 Each part is built when something first needs it, then shared: the API function's first
 invocation builds the gateway (not the authenticator: the authorizer function checks
 credentials), the authorizer builds the key store and authenticator (and never imports the
-core's request path), and the S3 client, which only async jobs use, waits for the first job.
-Building is a cold start's cost, so what a function never uses is never built."""
+core's request path, nor pydantic), and the job service with its S3 client, which only async
+jobs use, waits for the first job. Building is a cold start's cost, so what a function never
+uses is never built."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
     from gateway.adapters.dynamodb import DynamoDBKeyStore
     from gateway.admin import KeyAdmin, PolicyAdmin
     from gateway.admission import Admission
+    from gateway.jobs import JobService
     from gateway.jwt_auth import JwtAuthenticator
-    from gateway.models import BackendReply, EndpointTarget
+    from gateway.models import EndpointTarget
     from gateway.ports import AsyncEndpointInvoker, EndpointInvoker
     from gateway.service import CachedPolicyStore, Gateway
+    from gateway.values import BackendReply
 
 
 @dataclass
@@ -65,7 +68,8 @@ class _Part(Generic[T]):
 
 class _LazyClient:
     """A botocore client created on its first call: creating one costs tens of ms (S3's
-    is the largest service model), a cold start's to pay only if the request needs it."""
+    is the largest service model), a cold start's to pay only if the request needs it.
+    Also the job service, whose modules an invocation's cold start never needs."""
 
     def __init__(self, create: Callable[[], Any]) -> None:
         self._create = create
@@ -126,7 +130,7 @@ class _Wiring:
 
     @_Part
     def policy_store(self) -> CachedPolicyStore:
-        from gateway.adapters.dynamodb import DynamoDBPolicyStore
+        from gateway.adapters.dynamodb_policies import DynamoDBPolicyStore
         from gateway.service import CachedPolicyStore
 
         return CachedPolicyStore(
@@ -162,11 +166,8 @@ class _Wiring:
     @_Part
     def gateway(self) -> Gateway:
         from gateway.adapters.dynamodb import DynamoDBUsageStore
-        from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
-        from gateway.adapters.s3 import S3PayloadStore
         from gateway.adapters.sagemaker import SageMakerRuntimeInvoker
         from gateway.dispatch import InvokerByProtocol
-        from gateway.jobs import JobService
         from gateway.service import Gateway
         from gateway.usage import UsageRecorder
 
@@ -188,18 +189,10 @@ class _Wiring:
                 "oip-v2": _LazyHttpInvoker("oip-v2"),
             }
         )
+        # The job service (and its modules) waits for the first job: an invocation's cold
+        # start only needs to know that jobs are configured.
         jobs = (
-            JobService(
-                DynamoDBJobStore(self.dynamodb, config.jobs_table),
-                S3PayloadStore(
-                    _LazyClient(
-                        lambda: aws.client(
-                            "s3", read_timeout=5, retries={"mode": "standard", "max_attempts": 2}
-                        )
-                    ),
-                    config.bucket,
-                ),
-            )
+            cast("JobService", _LazyClient(lambda: self.jobs))
             if config.jobs_table and config.bucket
             else None
         )
@@ -211,6 +204,24 @@ class _Wiring:
             usage_store=usage_store,
             jobs=jobs,
             spans=tracing.spans(),
+        )
+
+    @_Part
+    def jobs(self) -> JobService:
+        from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
+        from gateway.adapters.s3 import S3PayloadStore
+        from gateway.jobs import JobService
+
+        return JobService(
+            DynamoDBJobStore(self.dynamodb, self.config.jobs_table),
+            S3PayloadStore(
+                _LazyClient(
+                    lambda: aws.client(
+                        "s3", read_timeout=5, retries={"mode": "standard", "max_attempts": 2}
+                    )
+                ),
+                self.config.bucket,
+            ),
         )
 
     @_Part

@@ -12,8 +12,9 @@ from pydantic import ValidationError
 
 from gateway.auth import digest_key, key_id_of, new_api_key
 from gateway.errors import InvalidPolicyError, MalformedRequestError, NotFoundError
-from gateway.models import DEFAULT_TIERS, ApiKeyRecord, ModelPolicy, Scope
+from gateway.models import DEFAULT_TIERS, ModelPolicy
 from gateway.ports import KeyStore, PolicyStore
+from gateway.values import ApiKeyRecord, Scope
 
 
 def _now_iso(clock: Callable[[], float]) -> str:

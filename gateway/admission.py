@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import DependencyUnavailableError, RateLimitedError
-from gateway.models import DEFAULT_TIERS, ModelPolicy, Principal, RateLimitSpec, Tier
+from gateway.models import DEFAULT_TIERS, ModelPolicy, RateLimitSpec, Tier
 from gateway.ratelimit import LeasedLimiter, Limit, Verdict
+from gateway.values import Principal
 
 log = logging.getLogger(__name__)
 DAY_S = 86_400

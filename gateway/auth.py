@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.errors import DependencyUnavailableError, ForbiddenError, UnauthenticatedError
-from gateway.models import ApiKeyRecord, Principal
 from gateway.ports import KeyStore
+from gateway.values import ApiKeyRecord, Principal
 
 KEY_PREFIXES = ("igw_live_", "igw_test_")
 _KEY_ENTROPY_BYTES = 32  # 256 bits, base64url encoded to 43 characters

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from gateway.auth import KEY_PREFIXES, MAX_TOKEN_LENGTH, ApiKeyAuthenticator, bearer_credential
 from gateway.errors import UnauthenticatedError
-from gateway.models import Principal
+from gateway.values import Principal
 
 if TYPE_CHECKING:  # PyJWT is imported only where tokens are configured
     from gateway.jwt_auth import JwtAuthenticator

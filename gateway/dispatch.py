@@ -17,9 +17,10 @@ from gateway.errors import (
     GatewayError,
 )
 from gateway.live import LiveState
-from gateway.models import Backend, BackendReply, EndpointTarget, RouteDecision
+from gateway.models import EndpointTarget
 from gateway.ports import AsyncEndpointInvoker, EndpointInvoker
 from gateway.routing import Targets
+from gateway.values import Backend, BackendReply, RouteDecision
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3

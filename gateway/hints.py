@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 
 from gateway.errors import MalformedRequestError
-from gateway.models import RequestHints
+from gateway.values import RequestHints
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _VARIANT = re.compile(r"^[A-Za-z0-9._-]{1,63}$")

@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import require_scope
 from gateway.errors import ConflictError, NotAcceptableError, NotFoundError
-from gateway.models import ModelPolicy, Principal, Scope
 from gateway.ports import JobStore, PayloadStore
+from gateway.values import Principal, Scope
+
+if TYPE_CHECKING:  # the sweeper expires uploads without importing pydantic
+    from gateway.models import ModelPolicy
 
 
 class JobStatus(StrEnum):

@@ -31,7 +31,7 @@ import jwt
 
 from gateway.auth import MAX_TOKEN_LENGTH, bearer_credential
 from gateway.errors import UnauthenticatedError
-from gateway.models import Principal
+from gateway.values import Principal
 
 # Asymmetric JWS algorithms PyJWT implements; a configuration may only choose among these.
 SUPPORTED_ALGORITHMS = frozenset(

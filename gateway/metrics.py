@@ -13,7 +13,7 @@ from dataclasses import dataclass
 _SAMPLES = 2048
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class Sample:
     at: float
     model: str

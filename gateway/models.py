@@ -1,12 +1,14 @@
-"""Value objects of the core: policies, principals, requests, decisions."""
+"""Policies: what the gateway knows about each model, validated (pydantic). The plain value
+objects (principals, requests, decisions) are in :mod:`gateway.values`.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: pydantic would evaluate every field's
+annotation from its string, some 1 ms of the cold start that builds these models."""
 
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.values import Backend, Scope
 
 MiB = 1024 * 1024
 # Hard ceilings of the managed services; a policy may only set lower limits.
@@ -15,18 +17,6 @@ SERVERLESS_MAX_BYTES = 4 * MiB
 API_GATEWAY_MAX_BYTES = 10 * MiB
 
 ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
-
-
-class Backend(StrEnum):
-    REALTIME = "realtime"
-    SERVERLESS = "serverless"
-    ASYNC = "async"
-
-
-class Scope(StrEnum):
-    INVOKE = "invoke"
-    JOBS = "jobs"
-    ADMIN = "admin"
 
 
 class EndpointTarget(BaseModel):
@@ -48,7 +38,7 @@ class EndpointTarget(BaseModel):
     cold_start_ms: Annotated[float, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
-    def _oip_needs_url(self) -> EndpointTarget:
+    def _oip_needs_url(self) -> "EndpointTarget":
         if self.protocol != "sagemaker" and not self.url:
             raise ValueError(f"a {self.protocol} endpoint needs a url")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
@@ -134,7 +124,9 @@ class ModelPolicy(BaseModel):
     rate_limit: RateLimitSpec | None = None  # per tenant, on this model
     max_concurrency: Annotated[int, Field(ge=1)] | None = None  # in flight, per gateway instance
     limiter_failure_mode: Literal["open", "closed"] = "open"
-    variants: list[Variant] = Field(default_factory=list)
+    # Not default_factory=list: pydantic reads a factory's signature, and a builtin's costs
+    # the cold start that first validates a policy some 3 ms (compiling tokenize's regex).
+    variants: list[Variant] = Field(default_factory=lambda: [])
     shadow: Variant | None = None
     allow_variant_override: bool = False
     aliases: dict[str, str] = Field(default_factory=dict)  # e.g. champion -> "3"
@@ -173,7 +165,7 @@ class ModelSummary(BaseModel):
     input: InputSchema | None
 
     @classmethod
-    def of(cls, policy: ModelPolicy) -> ModelSummary:
+    def of(cls, policy: ModelPolicy) -> "ModelSummary":
         backends = [
             b
             for b, present in (
@@ -192,93 +184,3 @@ class ModelSummary(BaseModel):
             backends=backends,
             input=policy.input,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller, as the authorizer hands it to the API."""
-
-    tenant: str
-    key_id: str
-    scopes: frozenset[str]
-    tier: str = "standard"
-    allowed_models: frozenset[str] | None = None  # None: every model the tenant may see
-
-    def may_use(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyRecord:
-    """What is stored for an API key: never the key, only its SHA-256 digest."""
-
-    key_digest: str
-    key_id: str
-    tenant: str
-    scopes: frozenset[str]
-    tier: str = "standard"
-    allowed_models: frozenset[str] | None = None
-    created_at: str = ""
-    revoked_at: str | None = None
-    last_used_at: str | None = None
-
-    def principal(self) -> Principal:
-        return Principal(
-            tenant=self.tenant,
-            key_id=self.key_id,
-            scopes=self.scopes,
-            tier=self.tier,
-            allowed_models=self.allowed_models,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHints:
-    """What the client asked for beyond the payload."""
-
-    prefer_async: bool = False
-    latency_budget_ms: int | None = None
-    idempotency_key: str | None = None
-    target_variant: str | None = None
-    sticky_key: str | None = None  # X-Session-Id: keeps a caller on one variant
-
-
-@dataclass(frozen=True, slots=True)
-class InvocationRequest:
-    model: str
-    body: bytes
-    content_type: str
-    accept: str = "application/json"
-    hints: RequestHints = field(default_factory=RequestHints)
-    correlation_id: str | None = None  # the API request id, carried into async jobs
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDecision:
-    backend: Backend
-    reason: str
-    variant: str = "primary"
-
-    def header(self) -> str:
-        return f"{self.backend.value}; reason={self.reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class BackendReply:
-    """What a synchronous backend returned."""
-
-    body: bytes
-    content_type: str
-    variant: str | None = None
-    cold_start_ms: float | None = None  # the backend started an instance for this call
-
-
-@dataclass(slots=True)
-class InvocationOutcome:
-    status: int
-    body: bytes
-    content_type: str
-    decision: RouteDecision
-    model_version: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)

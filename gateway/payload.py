@@ -40,7 +40,7 @@ SUPPORTED_CONTENT_TYPES = tuple(sorted(_ALIASES))
 _OIP_FLOAT_TYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class Payload:
     """A decoded request: rows of numbers, or for binary tensors only their shape."""
 

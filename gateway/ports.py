@@ -5,10 +5,11 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
+from gateway.values import ApiKeyRecord, BackendReply
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pydantic is imported only where policies are (not by the authorizer)
     from gateway.jobs import Job, JobStatus
+    from gateway.models import EndpointTarget, ModelPolicy
     from gateway.notifications import Notification
     from gateway.ratelimit import Grant, Limit
 

@@ -74,7 +74,7 @@ class Grant:
     remaining: float  # tokens left in the shared bucket after this grant
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class Verdict:
     allowed: bool
     limit: Limit

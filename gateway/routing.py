@@ -25,26 +25,24 @@ from gateway.live import BackendView
 from gateway.models import (
     REALTIME_MAX_BYTES,
     SERVERLESS_MAX_BYTES,
-    Backend,
     EndpointTarget,
     ModelPolicy,
-    RequestHints,
-    RouteDecision,
     Variant,
 )
+from gateway.values import Backend, RequestHints, RouteDecision
 
 CEILINGS = {Backend.REALTIME: REALTIME_MAX_BYTES, Backend.SERVERLESS: SERVERLESS_MAX_BYTES}
 SYNC_ORDER = (Backend.REALTIME, Backend.SERVERLESS)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class RequestFacts:
     size: int
     budget_ms: float
     prefer_async: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class Targets:
     """The sync endpoints of the variant being served."""
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway import payload, routing
 from gateway.admission import Admission, Ticket
@@ -19,21 +20,22 @@ from gateway.errors import (
     GatewayError,
     ModelNotFoundError,
 )
-from gateway.jobs import JobService
 from gateway.live import LiveState
 from gateway.metrics import RequestMetrics
-from gateway.models import (
+from gateway.models import ModelPolicy, ModelSummary
+from gateway.ports import EndpointInvoker, PolicyStore, Spans, UsageStore
+from gateway.usage import UsageRecorder
+from gateway.values import (
     Backend,
     InvocationOutcome,
     InvocationRequest,
-    ModelPolicy,
-    ModelSummary,
     Principal,
     RouteDecision,
     Scope,
 )
-from gateway.ports import EndpointInvoker, PolicyStore, Spans, UsageStore
-from gateway.usage import UsageRecorder
+
+if TYPE_CHECKING:  # built on the first job (functions.bootstrap), not at a cold start
+    from gateway.jobs import JobService
 
 
 class CachedPolicyStore:

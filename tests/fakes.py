@@ -15,8 +15,9 @@ from typing import Any
 from gateway.auth import digest_key, key_id_of, new_api_key
 from gateway.errors import ConflictError, DependencyUnavailableError
 from gateway.jobs import Job, JobStatus, can_move
-from gateway.models import ApiKeyRecord, BackendReply, EndpointTarget, ModelPolicy
+from gateway.models import EndpointTarget, ModelPolicy
 from gateway.ratelimit import BucketState, Grant, Limit, take
+from gateway.values import ApiKeyRecord, BackendReply
 
 BUCKET = "infergw-dev-artifacts-123456789012"  # what presigned URLs of the fakes name
 

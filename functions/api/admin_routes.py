@@ -15,7 +15,8 @@ from functions import bootstrap
 from functions.api.context import json_body, principal
 from gateway.admin import key_summary
 from gateway.errors import InvalidRequestError
-from gateway.models import NewKey, Scope
+from gateway.models import NewKey
+from gateway.values import Scope
 
 router = Router()  # type: ignore[no-untyped-call]
 

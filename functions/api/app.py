@@ -18,13 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging import correlation_paths
+from functions.coldstart import paused_gc
 
-from functions import bootstrap
-from functions.api import http_event, invocation
-from gateway.auth import principal_from_context
-from gateway.errors import GatewayError
+with paused_gc():  # a cold start's imports: functions/coldstart.py
+    from aws_lambda_powertools import Logger
+    from aws_lambda_powertools.logging import correlation_paths
+
+    from functions import bootstrap
+    from functions.api import http_event, invocation
+    from gateway.auth import principal_from_context
+    from gateway.errors import GatewayError
 
 logger = Logger(service="infergw-api")
 

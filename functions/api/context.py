@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from gateway.auth import principal_from_context, require_scope
 from gateway.errors import MalformedRequestError
-from gateway.models import Principal, Scope
+from gateway.values import Principal, Scope
 
 
 def principal(event: APIGatewayProxyEventV2, scope: Scope | None = None) -> Principal:

@@ -15,10 +15,10 @@ from gateway import payload
 from gateway.adapters.emf import emf
 from gateway.errors import GatewayError
 from gateway.hints import parse_hints
-from gateway.models import InvocationOutcome, InvocationRequest
+from gateway.values import InvocationOutcome, InvocationRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class Answer:
     status: int
     content_type: str
@@ -54,7 +54,7 @@ def answer(model: str, outcome: InvocationOutcome, started: float) -> Answer:
         Fallback=int(reason.startswith("fallback")),
         BackendColdStart=int("cold-start" in outcome.timings_ms),
     )
-    timing = ", ".join(f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items())
+    timing = ", ".join([f"{name};dur={ms:.2f}" for name, ms in outcome.timings_ms.items()])
     return Answer(
         outcome.status,
         outcome.content_type,
@@ -111,12 +111,15 @@ def buffer_signals(every_s: float = 0.5) -> None:
 
 
 def drain_signals() -> list[str]:
-    """The EMF lines of the signals summed since the last call (buffered mode)."""
+    """The EMF lines of the signals summed since the last call (buffered mode); none while
+    metrics are disabled."""
     global _pending
     with _pending_lock:
         if not _pending:
             return []
         pending, _pending = _pending, {}
+    if _metrics_off():
+        return []
     lines = []
     for (model, route), (counts, latencies) in pending.items():
         for start in range(0, len(latencies), EMF_MAX_VALUES):
@@ -129,24 +132,29 @@ def drain_signals() -> list[str]:
 def signals(model: str, route: str, status: int, latency_ms: float, **extra: int) -> None:
     """EMF: traffic, errors, latency per model and route, and the router's spillover,
     fallback and cold-start counts."""
-    if os.environ.get(_METRICS_OFF, "").lower() == "true":
-        return
-    counts = {
-        "Requests": 1,
-        "Errors": int(status >= 500),
-        "Limited": int(status == 429),
-        **extra,
-    }
     latency = round(latency_ms, 3)
-    if _pending is None:
-        print(emf({**counts, "Latency": latency}, model=model, route=route), flush=True)
-        return
+    errors, limited = int(status >= 500), int(status == 429)
     with _pending_lock:
-        entry = _pending.get((model, route))
-        if entry is None:
-            _pending[(model, route)] = (counts, [latency])
+        pending = _pending
+        if pending is not None:
+            # Buffered: summed in place; whether metrics are on is asked once per flush,
+            # not per request.
+            entry = pending.get((model, route))
+            if entry is None:
+                entry = pending[(model, route)] = ({"Requests": 0, "Errors": 0, "Limited": 0}, [])
+            counts, latencies = entry
+            counts["Requests"] += 1
+            counts["Errors"] += errors
+            counts["Limited"] += limited
+            for name, value in extra.items():
+                counts[name] = counts.get(name, 0) + value
+            latencies.append(latency)
             return
-        summed, latencies = entry
-        for name, value in counts.items():
-            summed[name] = summed.get(name, 0) + value
-        latencies.append(latency)
+    if _metrics_off():
+        return
+    line = {"Requests": 1, "Errors": errors, "Limited": limited, **extra, "Latency": latency}
+    print(emf(line, model=model, route=route), flush=True)
+
+
+def _metrics_off() -> bool:
+    return os.environ.get(_METRICS_OFF, "").lower() == "true"

@@ -16,7 +16,7 @@ from gateway import payload
 from gateway.errors import BackendUnavailableError, MalformedRequestError
 from gateway.hints import parse_hints
 from gateway.jobs import Job, JobService
-from gateway.models import Scope
+from gateway.values import Scope
 
 router = Router()  # type: ignore[no-untyped-call]
 

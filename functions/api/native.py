@@ -16,9 +16,9 @@ from functions.api import invocation
 from functions.api.invocation import Answer
 from gateway.auth import principal_from_context
 from gateway.errors import GatewayError
-from gateway.models import Backend, Principal
 from gateway.ports import AsyncEndpointInvoker
 from gateway.service import Gateway
+from gateway.values import Backend, Principal
 
 
 class NativeInvocations:

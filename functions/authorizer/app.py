@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions import bootstrap, tracing
-from gateway.auth import principal_to_context
-from gateway.errors import GatewayError
+from functions.coldstart import paused_gc
+
+with paused_gc():  # a cold start's imports: functions/coldstart.py
+    from functions import bootstrap, tracing
+    from gateway.auth import principal_to_context
+    from gateway.errors import GatewayError
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

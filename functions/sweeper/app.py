@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from functions.coldstart import paused_gc
 
-from gateway.adapters import aws
-from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
-from gateway.jobs import expire_uploads
-from gateway.settings import Settings
+with paused_gc():  # a cold start's imports: functions/coldstart.py
+    from aws_lambda_powertools import Logger
+
+    from gateway.adapters import aws
+    from gateway.adapters.dynamodb_jobs import DynamoDBJobStore
+    from gateway.jobs import expire_uploads
+    from gateway.settings import Settings
 
 logger = Logger(service="infergw-sweeper")
 

@@ -14,7 +14,8 @@ from gateway.adapters.http1 import Http1Pool, HttpResponse, ResponseTooLargeErro
 from gateway.adapters.sagemaker import translate_error
 from gateway.adapters.sigv4 import SigV4Signer
 from gateway.errors import BackendError, BackendTimeoutError, BackendUnavailableError
-from gateway.models import BackendReply, EndpointTarget
+from gateway.models import EndpointTarget
+from gateway.values import BackendReply
 
 
 class _Pools:

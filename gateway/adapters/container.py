@@ -14,7 +14,8 @@ from gateway.errors import (
     BackendUnavailableError,
     SchemaMismatchError,
 )
-from gateway.models import BackendReply, EndpointTarget
+from gateway.models import EndpointTarget
+from gateway.values import BackendReply
 
 
 def invocations_url(target: EndpointTarget) -> str:

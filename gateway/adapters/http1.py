@@ -23,7 +23,7 @@ class ResponseTooLargeError(Exception):
     """The origin answered more than MAX_RESPONSE_BYTES."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (gateway/values.py)
 class HttpResponse:
     status: int
     headers: dict[str, str]  # lowercased names; repeated headers joined with ", "

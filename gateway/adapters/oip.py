@@ -18,7 +18,8 @@ from gateway.errors import (
     BackendUnavailableError,
     SchemaMismatchError,
 )
-from gateway.models import BackendReply, EndpointTarget
+from gateway.models import EndpointTarget
+from gateway.values import BackendReply
 
 
 def pooled_client() -> httpx.Client:

@@ -21,7 +21,8 @@ from gateway.errors import (
     BackendUnavailableError,
     SchemaMismatchError,
 )
-from gateway.models import BackendReply, EndpointTarget
+from gateway.models import EndpointTarget
+from gateway.values import BackendReply
 
 ClientFactory = Callable[[float], Any]
 

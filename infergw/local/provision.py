@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore
+from gateway.adapters.dynamodb import DynamoDBKeyStore
+from gateway.adapters.dynamodb_policies import DynamoDBPolicyStore
 from gateway.admin import KeyAdmin
 from gateway.models import ModelPolicy
 

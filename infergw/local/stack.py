@@ -17,7 +17,8 @@ from typing import Any
 import boto3
 import yaml
 
-from gateway.adapters.dynamodb import DynamoDBKeyStore, DynamoDBPolicyStore
+from gateway.adapters.dynamodb import DynamoDBKeyStore
+from gateway.adapters.dynamodb_policies import DynamoDBPolicyStore
 from infergw.demo.models import build_all
 from infergw.local import processes, provision, wiring
 

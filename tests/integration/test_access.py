@@ -165,7 +165,7 @@ def test_policy_apply_shows_a_diff_and_is_idempotent(stack: LocalStack, tmp_path
 def test_a_policy_changed_by_another_instance_is_in_effect_within_the_cache_ttl(
     http: httpx.Client, aws: boto3.session.Session, conn: Connection
 ) -> None:
-    from gateway.adapters.dynamodb import DynamoDBPolicyStore
+    from gateway.adapters.dynamodb_policies import DynamoDBPolicyStore
 
     store = DynamoDBPolicyStore(
         aws.client("dynamodb", endpoint_url=conn.aws_endpoint_url),

@@ -10,8 +10,9 @@ import pytest
 from functions.problems import problem_headers
 from gateway.admission import Admission
 from gateway.errors import DependencyUnavailableError, RateLimitedError
-from gateway.models import DEFAULT_TIERS, ModelPolicy, Principal, RateLimitSpec, Tier
+from gateway.models import DEFAULT_TIERS, ModelPolicy, RateLimitSpec, Tier
 from gateway.ratelimit import LeasedLimiter
+from gateway.values import Principal
 from tests.fakes import DeferredExecutor, FakeClock, InMemoryLimitStore
 
 NOW = float(calendar.timegm((2026, 3, 14, 15, 9, 26)))

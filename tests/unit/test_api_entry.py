@@ -15,8 +15,8 @@ from functions.api import app as api
 from functions.api import context, http_event
 from gateway.auth import principal_from_context
 from gateway.errors import GatewayError
-from gateway.models import BackendReply
 from gateway.service import Gateway
+from gateway.values import BackendReply
 from tests.fakes import InMemoryPolicyStore, RecordingInvoker
 from tests.fresh_python import run_fresh
 from tests.unit.test_api_handler import IRIS, LambdaContext, invocation

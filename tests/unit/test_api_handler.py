@@ -16,14 +16,9 @@ from functions import bootstrap
 from functions.api import app as api
 from gateway.auth import principal_to_context
 from gateway.errors import BackendUnavailableError
-from gateway.models import (
-    BackendReply,
-    EndpointTarget,
-    InputSchema,
-    ModelPolicy,
-    Principal,
-)
+from gateway.models import EndpointTarget, InputSchema, ModelPolicy
 from gateway.service import Gateway
+from gateway.values import BackendReply, Principal
 from tests.fakes import InMemoryPolicyStore, RecordingInvoker
 
 STAGE = "dev"

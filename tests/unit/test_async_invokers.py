@@ -39,9 +39,10 @@ from gateway.errors import (
     SchemaMismatchError,
 )
 from gateway.live import BreakerState, LiveState
-from gateway.models import Backend, BackendReply, EndpointTarget, RouteDecision
+from gateway.models import EndpointTarget
 from gateway.ports import EndpointInvoker
 from gateway.routing import Targets
+from gateway.values import Backend, BackendReply, RouteDecision
 from tests.fakes import FakeClock, InlineExecutor, ScriptedInvoker
 from tests.unit.test_http1 import Origin, Reply, Seen, origin, refusing_port, response, run
 from tests.unit.test_sigv4 import botocore_headers

@@ -22,7 +22,7 @@ from gateway.auth import (
     require_scope,
 )
 from gateway.errors import ForbiddenError, UnauthenticatedError
-from gateway.models import ApiKeyRecord, Principal
+from gateway.values import ApiKeyRecord, Principal
 from tests.fakes import FakeClock, InMemoryKeyStore, issue_key
 
 TTL = 30.0

@@ -10,7 +10,7 @@ from gateway.auth import ApiKeyAuthenticator
 from gateway.authn import CredentialAuthenticator
 from gateway.errors import UnauthenticatedError
 from gateway.jwt_auth import MAX_TOKEN_LENGTH
-from gateway.models import Principal
+from gateway.values import Principal
 from tests.fakes import FakeClock, InMemoryKeyStore, issue_key
 
 

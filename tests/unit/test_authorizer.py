@@ -11,7 +11,7 @@ import pytest
 from functions import bootstrap
 from functions.authorizer import app as authorizer
 from gateway.auth import ApiKeyAuthenticator, new_api_key, principal_from_context
-from gateway.models import Principal
+from gateway.values import Principal
 from tests.fakes import FakeClock, InMemoryKeyStore, issue_key
 
 

@@ -23,19 +23,17 @@ from gateway.errors import (
 )
 from gateway.hints import parse_hints
 from gateway.live import BreakerState, CircuitBreaker, LiveState
-from gateway.models import (
-    Backend,
-    BackendReply,
-    EndpointTarget,
-    InvocationOutcome,
-    InvocationRequest,
-    ModelPolicy,
-    Principal,
-    RouteDecision,
-    Variant,
-)
+from gateway.models import EndpointTarget, ModelPolicy, Variant
 from gateway.routing import RequestFacts, Targets, targets_for
 from gateway.service import Gateway
+from gateway.values import (
+    Backend,
+    BackendReply,
+    InvocationOutcome,
+    InvocationRequest,
+    Principal,
+    RouteDecision,
+)
 from tests.fakes import (
     DeferredExecutor,
     FakeClock,

@@ -22,9 +22,10 @@ from gateway.admin import KeyAdmin, PolicyAdmin
 from gateway.auth import ApiKeyAuthenticator, digest_key, principal_to_context
 from gateway.authn import CredentialAuthenticator
 from gateway.jobs import Job, JobService, JobStatus
-from gateway.models import BackendReply, EndpointTarget, InputSchema, ModelPolicy
+from gateway.models import EndpointTarget, InputSchema, ModelPolicy
 from gateway.notifications import for_job
 from gateway.service import Gateway
+from gateway.values import BackendReply
 from tests.fakes import (
     BUCKET,
     FakeKeyStore,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ConflictError
-from gateway.models import BackendReply, EndpointTarget, ModelPolicy
+from gateway.models import EndpointTarget, ModelPolicy
+from gateway.values import BackendReply
 from tests.fakes import FakeClock, InMemoryPolicyStore, RecordingInvoker
 
 IRIS = ModelPolicy(model="iris")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import MalformedRequestError
 from gateway.hints import parse_hints
-from gateway.models import RequestHints
+from gateway.values import RequestHints
 
 
 def test_no_headers_means_default_hints() -> None:

@@ -21,7 +21,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gateway.errors import UnauthenticatedError
 from gateway.jwt_auth import JwksCache, JwtAuthenticator, JwtSettings
-from gateway.models import Principal
+from gateway.values import Principal
 
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "infergw"

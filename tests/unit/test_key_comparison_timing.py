@@ -36,7 +36,7 @@ import pytest
 import gateway.auth
 from gateway.auth import ApiKeyAuthenticator, digest_key, key_id_of
 from gateway.errors import UnauthenticatedError
-from gateway.models import ApiKeyRecord
+from gateway.values import ApiKeyRecord
 from tests.fakes import FakeKeyStore, issue_key
 
 Comparator = Callable[[str, str], bool]

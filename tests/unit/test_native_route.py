@@ -35,9 +35,10 @@ from gateway.errors import (
 )
 from gateway.jobs import JobService
 from gateway.live import LiveState
-from gateway.models import BackendReply, EndpointTarget, InputSchema, ModelPolicy
+from gateway.models import EndpointTarget, InputSchema, ModelPolicy
 from gateway.ratelimit import LeasedLimiter
 from gateway.service import Gateway
+from gateway.values import BackendReply
 from infergw.local.http_api import LocalHttpApi
 from tests.fakes import (
     AsyncRecordingInvoker,

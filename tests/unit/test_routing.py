@@ -23,11 +23,9 @@ from gateway.live import BackendView
 from gateway.models import (
     REALTIME_MAX_BYTES,
     SERVERLESS_MAX_BYTES,
-    Backend,
     EndpointTarget,
     MiB,
     ModelPolicy,
-    RouteDecision,
     Variant,
 )
 from gateway.routing import (
@@ -39,6 +37,7 @@ from gateway.routing import (
     sync_limit,
     targets_for,
 )
+from gateway.values import Backend, RouteDecision
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

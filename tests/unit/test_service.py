@@ -17,17 +17,9 @@ from gateway.errors import (
     SchemaMismatchError,
     UnsupportedMediaTypeError,
 )
-from gateway.models import (
-    Backend,
-    BackendReply,
-    EndpointTarget,
-    InputSchema,
-    InvocationRequest,
-    ModelPolicy,
-    Principal,
-    RouteDecision,
-)
+from gateway.models import EndpointTarget, InputSchema, ModelPolicy
 from gateway.service import CachedPolicyStore, Gateway
+from gateway.values import Backend, BackendReply, InvocationRequest, Principal, RouteDecision
 from tests.fakes import FakeClock, InMemoryPolicyStore, RecordingInvoker
 
 REALTIME = EndpointTarget(endpoint_name="iris-realtime")
