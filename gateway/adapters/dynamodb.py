@@ -13,7 +13,7 @@ from gateway.errors import DependencyUnavailableError
 from gateway.values import ApiKeyRecord
 
 
-class _Table:
+class DynamoDBTable:
     """Shared error translation: any SDK failure becomes ``DependencyUnavailableError``."""
 
     def __init__(self, client: Any, table: str) -> None:
@@ -44,7 +44,7 @@ class _Table:
                 return
 
 
-class DynamoDBUsageStore(_Table):
+class DynamoDBUsageStore(DynamoDBTable):
     """One item per tenant, day and model; counters only ever ADDed, so concurrent
     flushes from many gateway instances never lose a count."""
 
@@ -94,7 +94,7 @@ class DynamoDBUsageStore(_Table):
                 return rows
 
 
-class DynamoDBKeyStore(_Table):
+class DynamoDBKeyStore(DynamoDBTable):
     def get(self, key_digest: str) -> ApiKeyRecord | None:
         item = self._call(
             "get_item", Key={"key_digest": {"S": key_digest}}, ConsistentRead=True

@@ -7,12 +7,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from gateway.adapters.dynamodb import _Table
+from gateway.adapters.dynamodb import DynamoDBTable
 from gateway.errors import ConflictError, DependencyUnavailableError
 from gateway.models import ModelPolicy
 
 
-class DynamoDBPolicyStore(_Table):
+class DynamoDBPolicyStore(DynamoDBTable):
     """One item per model: the validated policy document and its revision number, which
     every update must match (optimistic concurrency)."""
 
