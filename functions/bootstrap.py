@@ -66,10 +66,10 @@ class _Part(Generic[T]):
             return cast(T, wiring.__dict__[self._name])
 
 
-class _LazyClient:
-    """A botocore client created on its first call: creating one costs tens of ms (S3's
-    is the largest service model), a cold start's to pay only if the request needs it.
-    Also the job service, whose modules an invocation's cold start never needs."""
+class _Lazy:
+    """Stands for an object built on its first use: a botocore client (creating one costs
+    tens of ms, S3's is the largest service model) or the job service (whose modules an
+    invocation never needs), a cold start's cost only if the request needs it."""
 
     def __init__(self, create: Callable[[], Any]) -> None:
         self._create = create
@@ -192,7 +192,7 @@ class _Wiring:
         # The job service (and its modules) waits for the first job: an invocation's cold
         # start only needs to know that jobs are configured.
         jobs = (
-            cast("JobService", _LazyClient(lambda: self.jobs))
+            cast("JobService", _Lazy(lambda: self.jobs))
             if config.jobs_table and config.bucket
             else None
         )
@@ -215,7 +215,7 @@ class _Wiring:
         return JobService(
             DynamoDBJobStore(self.dynamodb, self.config.jobs_table),
             S3PayloadStore(
-                _LazyClient(
+                _Lazy(
                     lambda: aws.client(
                         "s3", read_timeout=5, retries={"mode": "standard", "max_attempts": 2}
                     )

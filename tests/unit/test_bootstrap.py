@@ -101,7 +101,7 @@ def test_racing_first_requests_build_one_gateway(created: list[str]) -> None:
     assert created == ["dynamodb"]
 
 
-def test_a_lazy_client_is_created_once_on_first_use() -> None:
+def test_a_lazy_part_is_built_once_on_first_use() -> None:
     created: list[int] = []
 
     class Client:
@@ -112,7 +112,7 @@ def test_a_lazy_client_is_created_once_on_first_use() -> None:
         created.append(1)
         return Client()
 
-    lazy: Any = bootstrap._LazyClient(create)
+    lazy: Any = bootstrap._Lazy(create)
     assert created == []
     assert lazy.put_object(Key="k") == {"Key": "k"}
     assert lazy.put_object(Key="j") == {"Key": "j"}
@@ -128,6 +128,28 @@ def test_tracing_off_is_a_no_op_without_the_sdk(monkeypatch: pytest.MonkeyPatch)
         assert isinstance(tracing.spans(), tracing.Untraced)
     finally:
         tracing.spans.cache_clear()
+
+
+def test_an_invocation_builds_no_job_service() -> None:
+    """The gateway knows jobs are configured; their service, store and S3 wait for a job."""
+    script = """
+import json, sys
+import functions.api.app
+from functions import bootstrap
+gateway = bootstrap.gateway()
+print(json.dumps([gateway.jobs is not None, sorted(m for m in sys.modules if m.startswith(
+    ("gateway.jobs", "gateway.adapters.s3", "gateway.adapters.dynamodb_jobs")))]))
+"""
+    assert run_fresh(script, {**SETTINGS, "AWS_DEFAULT_REGION": "us-east-1"}) == [True, []]
+
+
+def test_the_sweeper_never_imports_pydantic() -> None:
+    script = """
+import json, sys
+import functions.sweeper.app
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(("gateway.models", "pydantic")))))
+"""
+    assert run_fresh(script, {**SETTINGS, "AWS_DEFAULT_REGION": "us-east-1"}) == []
 
 
 def test_the_authorizer_never_imports_the_core_request_path() -> None:
