@@ -212,9 +212,11 @@ class JobRunner:
         )
         if completed is None:
             current = self._jobs.get(job.job_id)
-            if current is not None and current.status is JobStatus.CANCELLED:
-                self._objects.delete(job.output_key)  # cancelled: no output survives
-                raise _Stop("cancelled")
+            if current is not None and current.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+                # Ended elsewhere while this worker ran (cancelled, or failed by a sweep after
+                # its lease lapsed): the output committed just now must not survive.
+                self._objects.delete(job.output_key)
+                raise _Stop(current.status.value.lower())
             raise _Stop("lease lost")
         self.completed += 1
         self.rows += done
@@ -248,6 +250,7 @@ class JobRunner:
             lease_expires=None,
         )
         if failed is not None:
+            self._discard_output(failed)
             self.failed += 1
             log.info("job failed", extra={**_keys(failed), "reason": reason})
             self._notify(failed)
@@ -263,8 +266,15 @@ class JobRunner:
         if current is not None:
             error = {"job_id": job.job_id, "status": "FAILED", "reason": reason}
             self._objects.put(job.error_key, json.dumps(error).encode(), "application/json")
+            self._discard_output(current)
             self.failed += 1
             self._notify(current)
+
+    def _discard_output(self, job: Job) -> None:
+        """Only a COMPLETED job has an output. An earlier attempt may have committed one and
+        died before recording completion; a worker still running when the job failed deletes
+        its own when its completion write loses (see _run)."""
+        self._objects.delete(job.output_key)
 
     def _transient(
         self, job: Job, exc: Exception, receive_count: int, max_receives: int

@@ -424,3 +424,70 @@ def test_a_dead_letter_of_a_finished_but_unnotified_job_sends_its_notification(
     assert [n.dedup_id for n in world.notifier.sent] == [job.job_id, job.job_id]
     done = world.jobs.get(job.job_id)
     assert done is not None and done.status is JobStatus.COMPLETED and done.notified
+
+
+class DyingBeforeCompletion(MemoryJobs):
+    """Killed after the output is committed, before the completion is recorded."""
+
+    def transition(self, job: Job, to: JobStatus, **updates: object) -> Job | None:
+        if to is JobStatus.COMPLETED:
+            raise SystemExit("killed between committing the output and completing")
+        return super().transition(job, to, **updates)
+
+
+def test_a_dead_letter_of_a_job_killed_before_completing_leaves_no_output(
+    world: World, x: np.ndarray
+) -> None:
+    """The output was committed but the job never recorded COMPLETED, on the message's last
+    delivery: draining the dead letter fails the job, and only a COMPLETED job has an output."""
+    dying = DyingBeforeCompletion()
+    dying.jobs = world.jobs.jobs
+    world.runner._jobs = dying
+    job = world.submit(npy(x[:5]), NPY, NPY)
+    with pytest.raises(SystemExit):
+        world.runner.handle(job.job_id, receive_count=3, max_receives=3)
+    assert job.output_key in world.objects.objects
+    worker = Worker(world.runner, DeadLetters(job.job_id), dying, QueueConfig("q", "dlq"))  # type: ignore[arg-type]
+
+    worker.drain_dead_letters()
+    failed = dying.get(job.job_id)
+    assert failed is not None and failed.status is JobStatus.FAILED and failed.failure_reason
+    assert job.output_key not in world.objects.objects
+    assert job.error_key in world.objects.objects
+    assert [n.message["invocationStatus"] for n in world.notifier.sent] == ["Failed"]
+
+
+class FailedByASweepOnCommit(MemoryObjects):
+    """The job is failed elsewhere (its lease lapsed, a sweep drained its dead letter) just
+    before this worker commits its output."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__()
+        self.objects = world.objects.objects
+        self._world = world
+
+    def writer(self, key: str, content_type: str) -> MemoryWriter:
+        sweep, world = self, self._world
+
+        class Writer(MemoryWriter):
+            def commit(self) -> None:
+                job_id = key.split("/")[-2]
+                current = world.jobs.get(job_id)
+                assert current is not None
+                world.runner.fail_dead_letter(current)
+                super().commit()
+
+        return Writer(sweep, key, content_type)
+
+
+def test_a_worker_whose_job_failed_while_it_ran_deletes_its_output(
+    world: World, x: np.ndarray
+) -> None:
+    world.runner._objects = world.objects = FailedByASweepOnCommit(world)
+    job = world.submit(npy(x[:5]), NPY, NPY)
+
+    assert world.runner.handle(job.job_id, receive_count=1, max_receives=3) is Outcome.DONE
+    failed = world.jobs.get(job.job_id)
+    assert failed is not None and failed.status is JobStatus.FAILED
+    assert job.output_key not in world.objects.objects
+    assert [n.message["invocationStatus"] for n in world.notifier.sent] == ["Failed"]
