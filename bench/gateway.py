@@ -1,9 +1,10 @@
 """Gateway throughput and overhead: the same model (digits, one row) invoked directly on its
 model server, through the endpoint host (the SageMaker-runtime hop the gateway uses), through
-nginx, and through the gateway (auth + rate limit + routing), at concurrency 1, 8 and 32,
-with wrk as the load generator. Reports p50/p99 latency and requests/s for each (medians of
-interleaved rounds), the added latency (gateway minus direct) against the issue's goals, the
-gateway/nginx throughput ratio, and where the gateway's time goes at c=8 (py-spy).
+nginx, through a bare Python hop and a naive Python proxy, and through the gateway (auth +
+rate limit + routing), at concurrency 1, 8 and 32, with wrk as the load generator. Reports
+p50/p99 latency and requests/s for each (medians of interleaved rounds), the added latency
+(gateway minus direct) against the issue's goals, the gateway/nginx and gateway/naive-proxy
+throughput ratios, and where the gateway's time goes at c=8 (py-spy).
 
     .venv/bin/python bench/gateway.py [--quick] [--rounds 3] [--seconds 5] [--no-profile]
 
@@ -22,6 +23,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import statistics
@@ -50,12 +52,13 @@ BENCH = Path(__file__).resolve().parent
 LUA = BENCH / "wrk_post.lua"
 ENDPOINT = "digits-realtime"
 MODEL = "digits"
-PATHS = ("direct", "endpoint", "nginx", "python-hop", "gateway", "gateway-sm")
+PATHS = ("direct", "endpoint", "nginx", "python-hop", "naive-proxy", "gateway", "gateway-sm")
 LABELS = {
     "direct": "(a) direct: model server",
     "endpoint": "(a2) endpoint host (SageMaker runtime)",
     "nginx": "(b) nginx -> model server",
     "python-hop": "(b2) a bare Python hop (uvicorn + the gateway's pooled client) -> model server",
+    "naive-proxy": "(b3) a naive Python proxy (uvicorn, Starlette, httpx, key check) -> model",
     "gateway": "(c) gateway (auth + limit + route) -> model server",
     "gateway-sm": "(c2) gateway -> SageMaker runtime -> model server",
 }
@@ -66,6 +69,8 @@ DIRECT_MODEL = "digits-direct"
 GOAL_GATEWAY_RPS_C8 = 5_000.0
 GOAL_ADDED_P50_MS_C1 = 1.0
 GOAL_ADDED_P99_MS_C8 = 5.0
+# The same goal as the issue states it against the naive proxy: 5,000 is 7x its ~700 there.
+GOAL_GATEWAY_OVER_NAIVE_C8 = 7.0
 PROFILE_HZ = 200
 # A run during which the machine's busy time outside the processes we account (kernel work
 # for them included) exceeds this many cores overlapped another job: it is measured again.
@@ -76,6 +81,7 @@ CPU_COLUMNS = (
     "wrk",
     "nginx",
     "python-hop",
+    "naive-proxy",
     "gateway",
     "endpoint-host",
     "model-server",
@@ -333,7 +339,9 @@ def measure(
 
 # -- a bare Python hop ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def serving(command: list[str], workdir: Path, url: str) -> Iterator[int]:
+def serving(
+    command: list[str], workdir: Path, url: str, env: dict[str, str] | None = None
+) -> Iterator[int]:
     """A server process for the run (output in ``workdir``), ready when ``url`` answers;
     yields its pid and stops it at the end."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -343,6 +351,7 @@ def serving(command: list[str], workdir: Path, url: str) -> Iterator[int]:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        env=env,
         preexec_fn=processes._die_with_parent,  # like the stack's own children
     )
     try:
@@ -361,6 +370,18 @@ def python_hop(upstream_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, str(BENCH / "python_hop.py"), str(port), upstream_url]
     with serving(command, workdir, url + "/ping") as pid:
+        yield url, pid
+
+
+@contextlib.contextmanager
+def naive_proxy(upstream_url: str, key: str, workdir: Path) -> Iterator[tuple[str, int]]:
+    """bench/naive_proxy.py: the naive Python proxy the issue's goal is stated against."""
+    port = processes.free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(BENCH / "naive_proxy.py"), str(port), upstream_url]
+    with serving(
+        command, workdir, url + "/ping", env={**os.environ, "NAIVE_PROXY_KEY": key}
+    ) as pid:
         yield url, pid
 
 
@@ -678,6 +699,14 @@ def goals(summary: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     nginx8 = get("nginx", 8)
     if gw8 and nginx8:
         out["gateway_over_nginx_rps_c8"] = gw8["requests_per_s"] / nginx8["requests_per_s"]
+    naive8 = get("naive-proxy", 8)
+    if gw8 and naive8:
+        ratio = gw8["requests_per_s"] / naive8["requests_per_s"]
+        out["gateway_over_naive_proxy_rps_c8"] = {
+            "value": ratio,
+            "goal": GOAL_GATEWAY_OVER_NAIVE_C8,
+            "met": ratio >= GOAL_GATEWAY_OVER_NAIVE_C8 and gw8["errors"] == 0,
+        }
     hop8 = get("python-hop", 8)
     if gw8 and hop8:
         out["gateway_over_python_hop_rps_c8"] = gw8["requests_per_s"] / hop8["requests_per_s"]
@@ -753,6 +782,7 @@ def print_report(
     verdict("gateway_rps_c8", ",.0f", " requests/s", ">=")
     verdict("added_p50_ms_c1", ".2f", " ms", "<=")
     verdict("added_p99_ms_c8", ".2f", " ms", "<=")
+    verdict("gateway_over_naive_proxy_rps_c8", ".1f", "x", ">=")
     if "gateway_over_nginx_rps_c8" in met:
         print(f"- gateway/nginx throughput at c=8: {met['gateway_over_nginx_rps_c8']:.3f}")
     if "gateway_over_python_hop_rps_c8" in met:
@@ -946,6 +976,14 @@ def main() -> None:
                     python_hop(direct_url, workdir / "python-hop")
                 )
                 targets["python-hop"] = Target("python-hop", hop_url + "/invocations")
+            if "naive-proxy" in paths:
+                naive_key = secrets.token_urlsafe(24)
+                naive_url, pids["naive-proxy"] = stop.enter_context(
+                    naive_proxy(direct_url, naive_key, workdir / "naive-proxy")
+                )
+                targets["naive-proxy"] = Target(
+                    "naive-proxy", naive_url + "/invocations", authorization=f"Bearer {naive_key}"
+                )
             add_direct_policy(conn.gateway_url, conn.api_key, direct_url)
             meter = CpuMeter(pids, with_children=frozenset({"nginx"}))
             for path in paths:
