@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
+import time
 from typing import Any
 
 TENANT = "tenant-bench"
@@ -18,6 +20,23 @@ MODEL = "bench-model"
 POLICY = json.dumps({"model": MODEL, "realtime": {"endpoint_name": "bench-realtime"}})
 API_KEY = "igw_test_" + "b" * 43
 PREDICTIONS = b'{"predictions": [1]}'
+
+
+def reference_ms(times: int) -> float:
+    """A fixed workload shaped like an import from bytecode - unmarshal a module's code and
+    run its body (150 classes, functions and constants) - run ``times`` times: the same work
+    in every probe, so its time tells how fast the machine was during that probe."""
+    source = "\n".join(
+        f"class C{i}:\n    x = {i}\n    def f(self, a, b={i}):\n        return a + b\n"
+        f"def g{i}(*args, **kw):\n    return [args, kw, {i}]\n"
+        f"T{i} = {{'k': ({i}, 'v{i}')}}"
+        for i in range(150)
+    )
+    blob = marshal.dumps(compile(source, "reference", "exec"))
+    started = time.perf_counter()
+    for _ in range(times):
+        exec(marshal.loads(blob), {})
+    return (time.perf_counter() - started) * 1000
 
 
 class LambdaContext:

@@ -410,13 +410,21 @@ def test_sweeper_sample_expires_an_abandoned_upload(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("INFERGW_POLICIES_TABLE", "infergw-dev-policies")
     monkeypatch.setenv("INFERGW_KEYS_TABLE", "infergw-dev-keys")
     monkeypatch.setenv("INFERGW_JOBS_TABLE", "infergw-dev-jobs")
-    monkeypatch.setattr(sweeper.aws, "client", lambda *args, **kwargs: None)
+    clients: list[str] = []
+    monkeypatch.setattr(sweeper.aws, "client", lambda service, **_: clients.append(service))
     monkeypatch.setattr(sweeper, "DynamoDBJobStore", lambda client, table: store)
-    assert sweeper.handler(event, LambdaContext()) == {"expired": 1}
-    expired = store.get(abandoned.job_id)
-    assert expired is not None and expired.status is JobStatus.EXPIRED
-    completed = store.get(SAMPLE_JOB_ID)
-    assert completed is not None and completed.status is JobStatus.COMPLETED
+    sweeper._jobs.cache_clear()
+    try:
+        assert sweeper.handler(event, LambdaContext()) == {"expired": 1}
+        expired = store.get(abandoned.job_id)
+        assert expired is not None and expired.status is JobStatus.EXPIRED
+        completed = store.get(SAMPLE_JOB_ID)
+        assert completed is not None and completed.status is JobStatus.COMPLETED
+        # A warm call reuses the execution environment's client.
+        assert sweeper.handler(event, LambdaContext()) == {"expired": 0}
+        assert clients == ["dynamodb"]
+    finally:
+        sweeper._jobs.cache_clear()
 
 
 @pytest.mark.parametrize(
