@@ -62,7 +62,7 @@ HANDLERS = {
 }
 _ANSWER_AWS = "from gateway.adapters import aws; first_call.answer_aws(aws.session())"
 
-# ~20 ms on an idle machine here: long enough to measure, short beside a cold start.
+# 11-12 ms here at the machine's quickest: long enough to measure, short beside a cold start.
 REFERENCE_TIMES = 10
 PROBE = """
 import resource, time, json

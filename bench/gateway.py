@@ -337,7 +337,7 @@ def measure(
     return result
 
 
-# -- a bare Python hop ---------------------------------------------------------------------------
+# -- Python hops: a bare one and a naive proxy ----------------------------------------------------
 @contextlib.contextmanager
 def serving(
     command: list[str], workdir: Path, url: str, env: dict[str, str] | None = None
@@ -363,25 +363,17 @@ def serving(
 
 
 @contextlib.contextmanager
-def python_hop(upstream_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    """bench/python_hop.py: the floor of a Python proxy hop, to tell the gateway's own work
-    per request from what any Python hop costs."""
+def python_server(
+    script: str, upstream_url: str, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """``bench/{script} PORT UPSTREAM_URL`` on a free port, ready when its /ping answers:
+    python_hop.py (the floor of a Python proxy hop, to tell the gateway's own work per
+    request from what any Python hop costs) or naive_proxy.py (the naive Python proxy the
+    issue's goal is stated against)."""
     port = processes.free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(BENCH / "python_hop.py"), str(port), upstream_url]
-    with serving(command, workdir, url + "/ping") as pid:
-        yield url, pid
-
-
-@contextlib.contextmanager
-def naive_proxy(upstream_url: str, key: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    """bench/naive_proxy.py: the naive Python proxy the issue's goal is stated against."""
-    port = processes.free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(BENCH / "naive_proxy.py"), str(port), upstream_url]
-    with serving(
-        command, workdir, url + "/ping", env={**os.environ, "NAIVE_PROXY_KEY": key}
-    ) as pid:
+    command = [sys.executable, str(BENCH / script), str(port), upstream_url]
+    with serving(command, workdir, url + "/ping", env) as pid:
         yield url, pid
 
 
@@ -973,13 +965,18 @@ def main() -> None:
                 targets["nginx"] = Target("nginx", nginx_url + "/invocations")
             if "python-hop" in paths:
                 hop_url, pids["python-hop"] = stop.enter_context(
-                    python_hop(direct_url, workdir / "python-hop")
+                    python_server("python_hop.py", direct_url, workdir / "python-hop")
                 )
                 targets["python-hop"] = Target("python-hop", hop_url + "/invocations")
             if "naive-proxy" in paths:
                 naive_key = secrets.token_urlsafe(24)
                 naive_url, pids["naive-proxy"] = stop.enter_context(
-                    naive_proxy(direct_url, naive_key, workdir / "naive-proxy")
+                    python_server(
+                        "naive_proxy.py",
+                        direct_url,
+                        workdir / "naive-proxy",
+                        env={**os.environ, "NAIVE_PROXY_KEY": naive_key},
+                    )
                 )
                 targets["naive-proxy"] = Target(
                     "naive-proxy", naive_url + "/invocations", authorization=f"Bearer {naive_key}"
