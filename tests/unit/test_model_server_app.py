@@ -154,7 +154,8 @@ def test_without_batching_the_stats_say_so(model: OnnxModel) -> None:
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], BatchPolicy(32, 0.0, 64)),
+        ([], None),
+        (["--batch-max-rows", "32"], BatchPolicy(32, 0.0, 64)),
         (["--batch-max-rows", "1", "--batch-delay-ms", "5"], None),
         (["--batch-max-rows", "0"], None),
         (["--batch-max-rows", "16", "--batch-delay-ms", "1.5"], BatchPolicy(16, 0.0015, 64)),
@@ -164,7 +165,7 @@ def test_without_batching_the_stats_say_so(model: OnnxModel) -> None:
         ),
     ],
 )
-def test_the_command_line_batches_by_default_and_not_at_one_row(
+def test_the_command_line_batches_only_when_asked_and_not_at_one_row(
     onnx: bytes,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
