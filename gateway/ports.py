@@ -130,7 +130,7 @@ class ObjectStore(Protocol):
 
 
 class ObjectWriter(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...  # a view is copied before return
 
     def commit(self) -> None: ...
 

@@ -339,7 +339,8 @@ def output_type(accept: str) -> str:
 class OutputWriter:
     """Predictions to bytes, a batch at a time, in the job's output format.
 
-    ``batch`` gives the bytes that follow for one batch (maybe none), ``end`` the rest.
+    ``batch`` gives the bytes that follow for one batch (maybe none; for .npy a view of the
+    model's output, valid as long as it is held), ``end`` the rest.
 
     ``application/x-npy``: one .npy file of one output tensor, row i for input row i -
     the model's ``probabilities`` when it has them (float32, rows x classes), else its first
@@ -369,7 +370,7 @@ class OutputWriter:
         input, give ``batch`` the model's outputs for zero rows)."""
         return not self._first
 
-    def batch(self, outputs: dict[str, np.ndarray]) -> bytes:
+    def batch(self, outputs: dict[str, np.ndarray]) -> bytes | memoryview:
         if self.content_type == NPY:
             return self._npy(outputs)
         if self.content_type == NDJSON:
@@ -404,7 +405,7 @@ class OutputWriter:
         return out.getvalue().encode()
 
     # -- .npy --------------------------------------------------------------------------
-    def _npy(self, outputs: dict[str, np.ndarray]) -> bytes:
+    def _npy(self, outputs: dict[str, np.ndarray]) -> bytes | memoryview:
         if self._dtype is None:
             return self._npy_first(outputs)
         value = outputs.get(self._name)
@@ -423,9 +424,9 @@ class OutputWriter:
         if self._rows is not None and self._written > self._rows:
             raise self._row_mismatch()
         if self._spool is not None:
-            self._spool.write(value.tobytes())
+            self._spool.write(_raw_bytes(value))
             return b""
-        return value.tobytes()  # C order, as the header says
+        return _raw_bytes(value)
 
     def _npy_first(self, outputs: dict[str, np.ndarray]) -> bytes:
         value = self._pick(outputs)
@@ -489,6 +490,12 @@ class OutputWriter:
             f"rows so far: it is not one row per input row and cannot be written as {NPY}. "
             f"Ask for {NDJSON} or {JSON}.",
         )
+
+
+def _raw_bytes(value: np.ndarray) -> memoryview:
+    """The array's bytes in C order, as an .npy header states them: a view of the model's
+    output, not a copy (the writer that takes it copies it once, into its upload part)."""
+    return np.ascontiguousarray(value).reshape(-1).view(np.uint8).data
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:

@@ -105,17 +105,23 @@ class MultipartWriter:
         self._key = key
         self._type = content_type
         self._part = part
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the part being filled; never longer than a part
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
 
-    def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self._part:
-            self._flush(bytes(self._buffer[: self._part]))
-            del self._buffer[: self._part]
+    def write(self, data: bytes | memoryview) -> None:
+        """Copies ``data`` (bytes or a flat byte view) once, into the part being filled; a
+        full part is sent as it is, and the next one starts in a new buffer."""
+        view = memoryview(data)
+        while view:
+            room = self._part - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) == self._part:
+                self._flush(self._buffer)
+                self._buffer = bytearray()
 
-    def _flush(self, chunk: bytes) -> None:
+    def _flush(self, chunk: bytearray) -> None:
         try:
             if self._upload_id is None:
                 self._upload_id = self._client.create_multipart_upload(
@@ -139,13 +145,13 @@ class MultipartWriter:
                 self._client.put_object(
                     Bucket=self._bucket,
                     Key=self._key,
-                    Body=bytes(self._buffer),
+                    Body=self._buffer,
                     ContentType=self._type,
                 )
                 return
             if self._buffer:
-                self._flush(bytes(self._buffer))
-                self._buffer.clear()
+                self._flush(self._buffer)
+                self._buffer = bytearray()
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=self._key,

@@ -43,9 +43,8 @@ class MemoryWriter:
         self._store, self._key, self._type = store, key, content_type
         self._parts: list[bytes] = []
 
-    def write(self, data: bytes) -> None:
-        assert isinstance(data, bytes)
-        self._parts.append(data)
+    def write(self, data: bytes | memoryview) -> None:
+        self._parts.append(bytes(data))  # a view is the caller's: copied, as S3's writer does
         self._store.writes.append(len(data))
 
     def commit(self) -> None:
