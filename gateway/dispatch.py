@@ -169,6 +169,13 @@ class Dispatcher:
             remaining = deadline - now
             if remaining <= 0:
                 break
+            started = self.live.begin(target)
+            if started is None:  # its breaker opened, or its one probe left, since the plan
+                attempt.error = attempt.error or BackendUnavailableError(
+                    f"Endpoint '{target.endpoint_name}' is recovering from failures.",
+                    retry_after_s=max(1.0, self.live.view(target).retry_after_s),
+                )
+                continue
             attempt.decision = (
                 decision
                 if index == 0
@@ -177,7 +184,6 @@ class Dispatcher:
                 )
             )
             attempt.tried.append(decision.backend.value)
-            started = self.live.begin(target)
             try:
                 reply, error = yield target, remaining
             except GeneratorExit:
@@ -232,6 +238,9 @@ class Dispatcher:
         def run() -> None:
             try:
                 started = self.live.begin(target)
+                if started is None:  # the shadow's breaker is open: no copy for now
+                    stats.dropped += 1
+                    return
                 try:
                     reply = self._invoker.invoke(target, body, content_type, accept, timeout_s)
                 except Exception:

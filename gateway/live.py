@@ -58,9 +58,16 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self.open_for_s - (now - self.opened_at))
 
-    def on_attempt(self, now: float) -> None:
-        if self.state(now) is BreakerState.HALF_OPEN:
-            self.probing = True
+    def claim(self, now: float) -> bool:
+        """Whether a call may start now. Half-open, the first claim takes the one probe slot
+        and later ones are refused until the probe ends; open, every claim is refused."""
+        state = self.state(now)
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.OPEN or self.probing:
+            return False
+        self.probing = True
+        return True
 
     def on_success(self) -> None:
         self.failures = 0
@@ -165,13 +172,18 @@ class LiveState:
     def view(self, target: EndpointTarget) -> BackendView:
         return self.stats(target).view(target, self._clock())
 
-    def begin(self, target: EndpointTarget) -> float:
+    def begin(self, target: EndpointTarget) -> float | None:
+        """Counts a call to ``target`` as started (the time, for ``end``), or refuses it
+        (None) when the target's breaker does. The router read the breaker earlier, maybe
+        in another thread or before an await: two requests planned on the same half-open
+        view would both probe, so the breaker is asked again here, under the lock."""
         stats = self.stats(target)
         now = self._clock()
         with self._lock:
+            if not stats.breaker.claim(now):
+                return None
             stats.in_flight += 1
             stats.calls += 1
-            stats.breaker.on_attempt(now)
             if stats.view(target, now).cold:
                 stats.cold_starts += 1
             stats.last_used = now

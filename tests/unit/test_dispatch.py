@@ -494,9 +494,12 @@ def test_an_untranslated_invoker_exception_still_ends_the_call(
 ) -> None:
     invoker = ScriptedInvoker(default=ValueError("Expecting value: line 1 column 1"))
     d = dispatcher(invoker, live)
+    threshold = live.stats(RT).breaker.threshold
     for _ in range(RT.capacity):
         attempt = call(d, [FIRST_RT])
-        assert isinstance(attempt.error, BackendError)  # translated, not a crash
+        assert isinstance(attempt.error, BackendError | BackendUnavailableError)  # no crash
+    # Each call until the breaker opened reached the backend; the rest were refused.
+    assert len(invoker.calls) == threshold < RT.capacity
     # Observed: in_flight == capacity, so realtime looks saturated for the life of the process.
     assert live.stats(RT).in_flight == 0
     assert not live.view(RT).saturated
@@ -680,3 +683,29 @@ def test_shadow_traffic_through_the_gateway(clock: FakeClock) -> None:
     assert (outcome.decision.variant, outcome.model_version) == ("primary", "1")
     assert invoker.endpoints() == ["m-realtime", "m-candidate-rt"]
     assert d.shadow["m"] == ShadowStats(mirrored=1, compared=1, agreed=1)
+
+
+def test_two_requests_planned_on_one_half_open_view_send_one_probe(
+    clock: FakeClock, live: LiveState
+) -> None:
+    for _ in range(3):
+        call(dispatcher(ScriptedInvoker(default=BackendError("x")), live), [FIRST_RT])
+    clock.advance(5.0)
+    assert live.view(RT).available  # both requests' routers see the probe slot free
+
+    # The first request's probe is in flight when the second one is dispatched.
+    probe = live.begin(RT)
+    assert probe is not None
+    second = ScriptedInvoker(default=BackendError("must not be called"))
+    attempt = call(dispatcher(second, live), [FIRST_RT, FALLBACK_SL])
+    assert second.endpoints() == ["m-serverless"]  # skipped the probing backend, fell back
+    assert attempt.tried == ["serverless"]
+
+    alone = ScriptedInvoker(default=BackendError("must not be called"))
+    attempt = call(dispatcher(alone, live), [FIRST_RT])
+    assert alone.calls == []
+    assert isinstance(attempt.error, BackendUnavailableError)
+    assert attempt.error.status == 503 and attempt.error.retry_after_s >= 1
+
+    live.end(RT, probe, ok=True)  # the probe succeeds: the breaker closes
+    assert live.begin(RT) is not None and live.begin(RT) is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from gateway.live import (
@@ -72,7 +74,7 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
     breaker = opened(open_for_s=5.0)
     now = T0 + 5.0
     assert breaker.allows(now)
-    breaker.on_attempt(now)  # the probe starts
+    breaker.claim(now)  # the probe starts
     assert breaker.state(now) is BreakerState.HALF_OPEN
     assert not breaker.allows(now)  # a second, concurrent probe is refused
     assert not breaker.allows(now + 60.0)  # for as long as the probe is out
@@ -80,15 +82,15 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
 
 def test_an_attempt_while_closed_is_not_a_probe() -> None:
     breaker = CircuitBreaker(threshold=3)
-    breaker.on_attempt(T0)
-    breaker.on_attempt(T0)
+    breaker.claim(T0)
+    breaker.claim(T0)
     assert breaker.allows(T0)
     assert not breaker.probing
 
 
 def test_probe_success_closes_the_breaker() -> None:
     breaker = opened(threshold=3, open_for_s=5.0)
-    breaker.on_attempt(T0 + 5.0)
+    breaker.claim(T0 + 5.0)
     breaker.on_success()
     assert breaker.state(T0 + 5.0) is BreakerState.CLOSED
     assert breaker.allows(T0 + 5.0)
@@ -102,7 +104,7 @@ def test_probe_success_closes_the_breaker() -> None:
 def test_probe_failure_reopens_the_breaker_for_another_open_for_s() -> None:
     breaker = opened(threshold=3, open_for_s=5.0)
     probe_at = T0 + 7.0
-    breaker.on_attempt(probe_at)
+    breaker.claim(probe_at)
     breaker.on_failure(probe_at)  # one failure is enough while half-open
     assert breaker.state(probe_at) is BreakerState.OPEN
     assert not breaker.allows(probe_at + 4.9)
@@ -386,3 +388,27 @@ def test_snapshot_of_an_open_breaker(live: LiveState, clock: FakeClock) -> None:
     assert entry["p50_ms"] is None
     assert entry["p99_ms"] is None
     assert entry["idle_s"] == 0.0
+
+
+def test_begin_claims_the_half_open_probe_under_the_lock() -> None:
+    clock = FakeClock(T0)
+    live = LiveState(clock=clock, breaker=lambda: CircuitBreaker(threshold=1, open_for_s=5.0))
+    started = live.begin(REALTIME)
+    assert started is not None
+    live.end(REALTIME, started, ok=False)  # opens the breaker
+    assert live.begin(REALTIME) is None  # open: refused
+    clock.advance(5.0)
+    start = threading.Barrier(8)
+    claims: list[float | None] = []
+
+    def claim() -> None:
+        start.wait()
+        claims.append(live.begin(REALTIME))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(c is not None for c in claims) == 1  # one probe, however the threads interleave
+    assert live.stats(REALTIME).in_flight == 1
