@@ -102,6 +102,12 @@ class Admission:
         self._rates[key] = (policy, limits)
         return limits
 
+    def answers_locally(self, principal: Principal, policy: ModelPolicy) -> bool:
+        """Whether ``admit`` would answer without a limit store round trip."""
+        return all(
+            self._limiter.answers_locally(limit) for limit in self.limits_for(principal, policy)
+        )
+
     def admit(self, principal: Principal, policy: ModelPolicy) -> Ticket:
         limits = self.limits_for(principal, policy)
         verdicts: list[Verdict] = []
@@ -134,6 +140,11 @@ class Admission:
             self.stats.failed_open += 1
             log.warning("limit store unavailable; failing open for %s", policy.model)
             return None
+
+    def in_flight(self, model: str) -> int:
+        """Admitted requests to ``model`` not yet released (counted only under a cap)."""
+        with self._lock:
+            return self._in_flight.get(model, 0)
 
     def _enter(
         self, policy: ModelPolicy, limits: list[Limit], verdicts: list[Verdict]

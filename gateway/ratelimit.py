@@ -166,6 +166,16 @@ class LeasedLimiter:
             self._executor.submit(self._refill, limit, local, want)
         return Verdict(True, limit, max(0, remaining))
 
+    def answers_locally(self, limit: Limit, margin_s: float = 0.05) -> bool:
+        """Whether ``acquire`` would answer without the store: a lease with tokens left
+        that outlives ``margin_s``, or a denial still in force. Read without the lock: a
+        refill landing meanwhile only makes the answer needlessly cautious."""
+        local = self._local.get(limit.key)
+        if local is None:
+            return False
+        later = self._clock() + margin_s
+        return (local.tokens > 0 and local.expires > later) or local.blocked_until > later
+
     def _deny(self, limit: Limit, local: _Local, wait: float) -> Verdict:
         return Verdict(False, limit, 0, retry_after_s=wait)
 

@@ -101,6 +101,14 @@ class CachedPolicyStore:
             self._entries.clear()
         self._entries[model] = (self._clock() + self._ttl, policy)
 
+    def cached(self, model: str, margin_s: float = 0.05) -> tuple[bool, ModelPolicy | None]:
+        """(True, the policy or None for no such model) when ``get`` would answer from
+        memory for at least ``margin_s`` more; (False, None) when it would read the store."""
+        hit = self._entries.get(model)
+        if hit is None or hit[0] <= self._clock() + margin_s:
+            return False, None
+        return True, hit[1]
+
     def list(self) -> list[ModelPolicy]:
         now = self._clock()
         if self._all is not None and self._all[0] > now:
@@ -210,6 +218,21 @@ class Gateway:
             self.abandon(call)
             raise
         return self.finish(call, attempt)
+
+    def begins_without_waiting(self, principal: Principal, model: str) -> bool:
+        """Whether ``begin`` would answer without a store round trip: the model's policy is
+        cached and each of the caller's limits has a local lease (or a denial in force).
+        An event loop runs ``begin`` inline when it would, in a thread when not: a cold
+        policy or an expired lease must not stall every other request on the loop. A
+        policy store without a cache (in memory) never waits."""
+        if not isinstance(self._policies, CachedPolicyStore):
+            return True
+        known, policy = self._policies.cached(model)
+        if not known:
+            return False
+        if policy is None or self._admission is None:
+            return True  # no such model (a 404 from memory), or no limits to lease
+        return self._admission.answers_locally(principal, policy)
 
     def begin(self, principal: Principal, request: InvocationRequest) -> Invocation:
         """Authorize, admit and plan one invocation. Every call begun is ended by exactly

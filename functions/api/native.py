@@ -5,6 +5,8 @@ Gateway event is built."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,8 +19,8 @@ from functions.api.invocation import Answer
 from gateway.auth import principal_from_context
 from gateway.errors import GatewayError
 from gateway.ports import AsyncEndpointInvoker
-from gateway.service import Gateway
-from gateway.values import Backend, Principal
+from gateway.service import Gateway, Invocation
+from gateway.values import Backend, InvocationRequest, Principal
 
 
 class NativeInvocations:
@@ -46,7 +48,10 @@ class NativeInvocations:
             principal = self._principal(authorizer_context)
             request = invocation.parse_request(model, headers, body, request_id)
             gateway = self._gateway()
-            call = gateway.begin(principal, request)
+            if gateway.begins_without_waiting(principal, model):
+                call = gateway.begin(principal, request)
+            else:
+                call = await _begin_in_thread(gateway, principal, request)
             try:
                 attempt = await gateway.dispatcher.call_async(
                     self._invoker or bootstrap.async_invoker(),
@@ -81,3 +86,23 @@ class NativeInvocations:
             self._principals.clear()
         self._principals[id(context)] = (context, principal)
         return principal
+
+
+async def _begin_in_thread(
+    gateway: Gateway, principal: Principal, request: InvocationRequest
+) -> Invocation:
+    """``begin`` where it waits on a store (a policy to read, a rate-limit lease to take),
+    off the event loop. The thread cannot be stopped: a caller that goes away meanwhile
+    has its call abandoned when ``begin`` returns, so no concurrency slot stays taken."""
+    loop = asyncio.get_running_loop()
+    begun = loop.run_in_executor(None, gateway.begin, principal, request)
+    try:
+        return await asyncio.shield(begun)
+    except asyncio.CancelledError:
+        begun.add_done_callback(functools.partial(_abandon, gateway))
+        raise
+
+
+def _abandon(gateway: Gateway, begun: asyncio.Future[Invocation]) -> None:
+    if not begun.cancelled() and begun.exception() is None:
+        gateway.abandon(begun.result())

@@ -15,6 +15,7 @@ import asyncio
 import calendar
 import itertools
 import json
+import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,8 +37,8 @@ from gateway.errors import (
 from gateway.jobs import JobService
 from gateway.live import LiveState
 from gateway.models import EndpointTarget, InputSchema, ModelPolicy
-from gateway.ratelimit import LeasedLimiter
-from gateway.service import Gateway
+from gateway.ratelimit import Grant, LeasedLimiter, Limit
+from gateway.service import CachedPolicyStore, Gateway
 from gateway.values import BackendReply
 from infergw.local.http_api import LocalHttpApi
 from tests.fakes import (
@@ -495,3 +496,121 @@ def test_a_cancelled_native_call_releases_its_slot_and_in_flight_count() -> None
         gateway=lambda: gw,
     )
     assert run(served("single", {}, ROW, context, "req-3", path)).status == 200
+
+
+# --- what only the native route can meet: a store round trip must not stall the loop -------
+
+
+class ThreadRecordingPolicies(FakePolicyStore):
+    """Records the thread of every read; ``gate``, when set, holds reads until it opens."""
+
+    def __init__(self, policies: list[ModelPolicy]) -> None:
+        super().__init__(policies)
+        self.read_in: list[threading.Thread] = []
+        self.gate: threading.Event | None = None
+
+    def get(self, model: str) -> ModelPolicy | None:
+        self.read_in.append(threading.current_thread())
+        if self.gate is not None:
+            self.gate.wait(10)
+        return super().get(model)
+
+
+class ThreadRecordingLimits(InMemoryLimitStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.leased_in: list[threading.Thread] = []
+
+    def lease(self, limit: Limit, want: int, now: float) -> Grant:
+        self.leased_in.append(threading.current_thread())
+        return super().lease(limit, want, now)
+
+
+def cached_gateway(
+    policies: FakePolicyStore, limits: InMemoryLimitStore
+) -> tuple[Gateway, Admission]:
+    clock = FakeClock(NOW)
+    admission = Admission(
+        LeasedLimiter(limits, clock=clock, executor=DeferredExecutor()), clock=clock
+    )
+    gateway = Gateway(
+        CachedPolicyStore(policies, ttl_s=10.0, clock=clock),
+        RecordingInvoker(),  # the blocking invoker: never called on the native route
+        admission=admission,
+        live=LiveState(clock=FakeClock(1_000.0)),
+    )
+    return gateway, admission
+
+
+def test_store_reads_run_off_the_event_loop_and_warm_requests_stay_on_it() -> None:
+    policies, limits = ThreadRecordingPolicies(POLICIES), ThreadRecordingLimits()
+    gw, _ = cached_gateway(policies, limits)
+    route = NativeInvocations(invoker=AsyncRecordingInvoker(PREDICTION), gateway=lambda: gw)
+    context = dict(CONTEXTS["Bearer alice"])
+
+    async def scenario() -> list[int]:
+        loop_thread = threading.current_thread()
+        statuses = []
+        for i in range(3):
+            answer = await route(
+                "iris", {}, ROW, context, f"req-{i}", "/v1/models/iris/invocations"
+            )
+            statuses.append(answer.status)
+        # The first request read the policy and leased the limits, in another thread.
+        assert len(policies.read_in) == 1 and policies.read_in[0] is not loop_thread
+        assert limits.leased_in and loop_thread not in limits.leased_in
+        return statuses
+
+    assert run(scenario()) == [200, 200, 200]
+    # The two warm requests read nothing: the cache and the leases answered them.
+    assert len(policies.read_in) == 1 and len(limits.leased_in) == limits.calls
+
+
+def test_the_event_loop_serves_others_while_a_policy_is_read() -> None:
+    policies, limits = ThreadRecordingPolicies(POLICIES), ThreadRecordingLimits()
+    gw, _ = cached_gateway(policies, limits)
+    route = NativeInvocations(invoker=AsyncRecordingInvoker(PREDICTION), gateway=lambda: gw)
+    context = dict(CONTEXTS["Bearer alice"])
+
+    async def scenario() -> None:
+        warm = await route("iris", {}, ROW, context, "warm", "/v1/models/iris/invocations")
+        assert warm.status == 200
+        policies.gate = threading.Event()  # the next policy read hangs until released
+        cold = asyncio.create_task(
+            route("single", {}, ROW, context, "cold", "/v1/models/single/invocations")
+        )
+        while len(policies.read_in) < 2:  # the cold read has started, in its thread
+            await asyncio.sleep(0)
+        # Meanwhile the loop answers a warm request in full.
+        again = await route("iris", {}, ROW, context, "again", "/v1/models/iris/invocations")
+        assert again.status == 200 and not cold.done()
+        policies.gate.set()
+        assert (await cold).status == 200
+
+    run(scenario())
+
+
+def test_a_caller_gone_while_its_call_begins_in_a_thread_frees_its_slot() -> None:
+    policies, limits = ThreadRecordingPolicies(POLICIES), ThreadRecordingLimits()
+    gw, admission = cached_gateway(policies, limits)
+    route = NativeInvocations(invoker=AsyncRecordingInvoker(PREDICTION), gateway=lambda: gw)
+    context = dict(CONTEXTS["Bearer alice"])
+    path = "/v1/models/single/invocations"  # one request in flight at most
+
+    async def scenario() -> None:
+        policies.gate = threading.Event()
+        task = asyncio.create_task(route("single", {}, ROW, context, "gone", path))
+        while not policies.read_in:
+            await asyncio.sleep(0)
+        task.cancel()
+        policies.gate.set()  # begin completes in its thread, after the caller left
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        policies.gate = None
+        while admission.in_flight("single"):  # released once begin returns in its thread
+            await asyncio.sleep(0)
+        # The slot the abandoned call took is free: the next call is served, not limited.
+        nxt = await route("single", {}, ROW, context, "next", path)
+        assert nxt.status == 200, nxt.body
+
+    run(scenario())
