@@ -102,10 +102,11 @@ class Admission:
         self._rates[key] = (policy, limits)
         return limits
 
-    def answers_locally(self, principal: Principal, policy: ModelPolicy) -> bool:
-        """Whether ``admit`` would answer without a limit store round trip."""
+    def answers_locally(self, principal: Principal, policy: ModelPolicy, margin_s: float) -> bool:
+        """Whether ``admit`` would answer without a limit store round trip for ``margin_s``."""
         return all(
-            self._limiter.answers_locally(limit) for limit in self.limits_for(principal, policy)
+            self._limiter.answers_locally(limit, margin_s)
+            for limit in self.limits_for(principal, policy)
         )
 
     def admit(self, principal: Principal, policy: ModelPolicy) -> Ticket:

@@ -61,12 +61,10 @@ class CircuitBreaker:
     def claim(self, now: float) -> bool:
         """Whether a call may start now. Half-open, the first claim takes the one probe slot
         and later ones are refused until the probe ends; open, every claim is refused."""
-        state = self.state(now)
-        if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.OPEN or self.probing:
+        if not self.allows(now):
             return False
-        self.probing = True
+        if self.opened_at is not None:  # allowed and not closed: half-open, this is the probe
+            self.probing = True
         return True
 
     def on_success(self) -> None:

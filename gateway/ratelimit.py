@@ -166,7 +166,7 @@ class LeasedLimiter:
             self._executor.submit(self._refill, limit, local, want)
         return Verdict(True, limit, max(0, remaining))
 
-    def answers_locally(self, limit: Limit, margin_s: float = 0.05) -> bool:
+    def answers_locally(self, limit: Limit, margin_s: float) -> bool:
         """Whether ``acquire`` would answer without the store: a lease with tokens left
         that outlives ``margin_s``, or a denial still in force. Read without the lock: a
         refill landing meanwhile only makes the answer needlessly cautious."""

@@ -37,6 +37,10 @@ from gateway.values import (
 if TYPE_CHECKING:  # built on the first job (functions.bootstrap), not at a cold start
     from gateway.jobs import JobService
 
+# How long a cached policy or a rate-limit lease must still last for an event loop to count
+# on it: one that expires between the check and ``begin`` would make the loop wait after all.
+LOOKAHEAD_S = 0.05
+
 
 class CachedPolicyStore:
     """Keeps policies in process memory for ``ttl_s``: a changed policy is in effect
@@ -101,7 +105,7 @@ class CachedPolicyStore:
             self._entries.clear()
         self._entries[model] = (self._clock() + self._ttl, policy)
 
-    def cached(self, model: str, margin_s: float = 0.05) -> tuple[bool, ModelPolicy | None]:
+    def cached(self, model: str, margin_s: float) -> tuple[bool, ModelPolicy | None]:
         """(True, the policy or None for no such model) when ``get`` would answer from
         memory for at least ``margin_s`` more; (False, None) when it would read the store."""
         hit = self._entries.get(model)
@@ -227,12 +231,12 @@ class Gateway:
         policy store without a cache (in memory) never waits."""
         if not isinstance(self._policies, CachedPolicyStore):
             return True
-        known, policy = self._policies.cached(model)
+        known, policy = self._policies.cached(model, LOOKAHEAD_S)
         if not known:
             return False
         if policy is None or self._admission is None:
             return True  # no such model (a 404 from memory), or no limits to lease
-        return self._admission.answers_locally(principal, policy)
+        return self._admission.answers_locally(principal, policy, LOOKAHEAD_S)
 
     def begin(self, principal: Principal, request: InvocationRequest) -> Invocation:
         """Authorize, admit and plan one invocation. Every call begun is ended by exactly

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     # Batching is off by default, as in Triton and KServe: on this project's models
     # bench/model_server.py measures it 0.79-0.91x at c=8 (a loss in every run) and
-    # 1.02-1.11x at c=32. A request's HTTP, parsing and encoding cost more than its share of
+    # 1.02-1.15x at c=32. A request's HTTP, parsing and encoding cost more than its share of
     # the model call, and batching shares only the call; a model whose call dominates (a
     # GPU model) gains. No delay by default when on: under closed-loop load a delay only
     # idles the server, and batches form from what arrives while the event loop is busy.

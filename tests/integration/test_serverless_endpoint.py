@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -283,8 +284,7 @@ def test_requests_beyond_max_concurrency_are_throttled(host: str, runtime: Any) 
 
 def _start_request(host: str, name: str, body: bytes) -> http.client.HTTPConnection:
     """An invocation whose headers and first body byte are sent, the rest held back."""
-    hostname, port = host.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(hostname, int(port), timeout=30)
+    connection = http.client.HTTPConnection(urlsplit(host).netloc, timeout=30)
     connection.putrequest("POST", f"/endpoints/{name}/invocations")
     connection.putheader("Content-Type", "application/json")
     connection.putheader("Accept", "application/json")

@@ -74,16 +74,16 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
     breaker = opened(open_for_s=5.0)
     now = T0 + 5.0
     assert breaker.allows(now)
-    breaker.claim(now)  # the probe starts
+    assert breaker.claim(now)  # the probe starts
     assert breaker.state(now) is BreakerState.HALF_OPEN
     assert not breaker.allows(now)  # a second, concurrent probe is refused
+    assert not breaker.claim(now)
     assert not breaker.allows(now + 60.0)  # for as long as the probe is out
 
 
 def test_an_attempt_while_closed_is_not_a_probe() -> None:
     breaker = CircuitBreaker(threshold=3)
-    breaker.claim(T0)
-    breaker.claim(T0)
+    assert breaker.claim(T0) and breaker.claim(T0)
     assert breaker.allows(T0)
     assert not breaker.probing
 

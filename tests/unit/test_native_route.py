@@ -605,7 +605,9 @@ def test_a_caller_gone_while_its_call_begins_in_a_thread_frees_its_slot() -> Non
         with pytest.raises(asyncio.CancelledError):
             await task
         policies.gate = None
-        while admission.in_flight("single"):  # released once begin returns in its thread
+        # Its begin goes on in the thread: admitted (a slot taken), then abandoned once it
+        # returns. The caller's CancelledError comes first, so wait for both to be seen.
+        while admission.stats.allowed < 1 or admission.in_flight("single"):
             await asyncio.sleep(0)
         # The slot the abandoned call took is free: the next call is served, not limited.
         nxt = await route("single", {}, ROW, context, "next", path)

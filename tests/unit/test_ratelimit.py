@@ -550,18 +550,18 @@ def test_answers_locally_while_a_lease_lasts_or_a_denial_holds() -> None:
     clock, store = FakeClock(EPOCH), InMemoryLimitStore()
     limiter = LeasedLimiter(store, clock=clock, lease_ttl_s=2.0, executor=DeferredExecutor())
     limit = Limit("key", "rate#key#k1", rate=10.0, burst=40, window_s=4)
-    assert not limiter.answers_locally(limit)  # nothing leased yet: acquire reads the store
+    assert not limiter.answers_locally(limit, 0.05)  # nothing leased yet: acquire reads the store
     assert limiter.acquire(limit).allowed
     calls = store.calls
-    assert limiter.answers_locally(limit)
+    assert limiter.answers_locally(limit, 0.05)
     assert limiter.acquire(limit).allowed and store.calls == calls  # it did answer locally
     clock.advance(2.0)  # the lease has expired: the next acquire leases again
-    assert not limiter.answers_locally(limit)
+    assert not limiter.answers_locally(limit, 0.05)
 
     dry = Limit("key", "rate#key#k2", rate=0.5, burst=1, window_s=2)
     assert limiter.acquire(dry).allowed  # the bucket's one token
     denied = limiter.acquire(dry)
     assert not denied.allowed
     calls = store.calls
-    assert limiter.answers_locally(dry)  # the denial stands until the bucket refills
+    assert limiter.answers_locally(dry, 0.05)  # the denial stands until the bucket refills
     assert not limiter.acquire(dry).allowed and store.calls == calls
