@@ -24,12 +24,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
     parser.add_argument("--batch-rows", type=int, default=1024, help="rows per inference batch")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--read-ahead",
+        type=_not_negative,
+        default=2,
+        help="reads of a job's input (~1 MiB of .npy each) fetched and checked in a thread "
+        "while the model runs; 0 reads in line, for hosts whose CPUs the models keep busy",
+    )
     parser.add_argument("--wait", type=int, default=20, help="SQS long-poll seconds")
     parser.add_argument("--visibility", type=int, default=60, help="SQS visibility seconds")
     parser.add_argument("--lease", type=float, default=60.0, help="job lease seconds")
     parser.add_argument("--max-receives", type=int, default=3, help="the queue's maxReceiveCount")
     parser.add_argument("--sweep-every", type=float, default=15.0)
     return parser
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def build(args: argparse.Namespace, settings: Settings) -> Worker:
@@ -43,6 +57,7 @@ def build(args: argparse.Namespace, settings: Settings) -> Worker:
             region=aws.region(),
             lease_s=args.lease,
             batch_rows=args.batch_rows,
+            read_ahead=args.read_ahead,
         ),
         jobs,
         objects,

@@ -77,6 +77,9 @@ class RunnerConfig:
     region: str
     lease_s: float = 60.0
     batch_rows: int = 1024
+    # Reads of the input held ready while the model runs (0: read in line): see
+    # model_runtime.read_ahead. Worth a second CPU's time whenever the model leaves one idle.
+    read_ahead: int = 2
     progress_every_s: float = 1.0
 
 
@@ -174,17 +177,20 @@ class JobRunner:
             )
             out = OutputWriter(job.accept, rows=batches.rows)
             writer = self._objects.writer(job.output_key, out.content_type)
-            for _first, matrix in batches:
-                if self.shutting_down.is_set():
-                    raise _Stop("shutdown")
-                chunk = out.batch(model.predict(matrix))
-                if chunk:
-                    writer.write(chunk)
-                done += len(matrix)
-                now = self._clock()
-                if now - last_progress >= self.config.progress_every_s:
-                    job = self._progress(job, done, batches.rows, now)
-                    last_progress = now
+            # The next reads (socket reads, the NaN check, parsing) run while the model
+            # works on this one; the reading thread has ended when the block is left.
+            with batches.read_ahead(self.config.read_ahead) as ahead:
+                for _first, matrix in ahead:
+                    if self.shutting_down.is_set():
+                        raise _Stop("shutdown")
+                    chunk = out.batch(model.predict(matrix))
+                    if chunk:
+                        writer.write(chunk)
+                    done += len(matrix)
+                    now = self._clock()
+                    if now - last_progress >= self.config.progress_every_s:
+                        job = self._progress(job, done, batches.rows, now)
+                        last_progress = now
             if not out.started and out.content_type == NPY:
                 # No rows: the .npy header still needs the output's dtype and row shape.
                 empty = np.zeros((0, model.info.features or 0), dtype=np.float32)

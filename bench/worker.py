@@ -8,7 +8,8 @@
       into the worker's own S3 writer (8 MiB multipart parts) over a client that
       keeps the parts in memory instead of sending them;
   (b-npy) the same, .npy in, .npy out: read_batches over an in-memory .npy stream (reads of
-      ~1 MiB viewed in place, float32 handed to the model without a copy), OnnxModel.predict,
+      ~1 MiB viewed in place, float32 handed to the model without a copy; read and checked
+      two reads ahead in a thread, as the worker reads by default), OnnxModel.predict,
       OutputWriter writing the probabilities' raw bytes behind one .npy header (checked once
       against onnxruntime, bit for bit);
   (c) the real worker end to end on the local stack (moto S3/SQS/DynamoDB, one worker
@@ -18,8 +19,9 @@
 (a) and (b-npy) take ~0.1 s each, so they run as interleaved pairs, several per repeat
 (order alternating); (b) runs once a repeat. Figures are medians; the .npy ratio is also
 given as the median of the pairs' own ratios, which a busy machine's drift cancels out of,
-and on CPU time (process_time: onnxruntime runs single-threaded in the caller's thread), which
-time spent descheduled by other work on the machine does not inflate.
+and on CPU time (process_time, all threads): the rows per CPU-second, what the worker costs
+where every CPU is busy - reading ahead spends a second CPU's time to gain wall time, and
+this column shows the price.
 
     .venv/bin/python bench/worker.py [--rows 200000] [--batch-rows 1024] [--repeats 3]
                                      [--pairs 5] [--json bench/results/worker.json]
@@ -135,7 +137,7 @@ def run_worker_code(
 ) -> Run:
     """What JobRunner._run does per job, minus S3 and DynamoDB: read (parse), infer, encode.
     ``kind`` is both the input's content type and the output's (NDJSON or NPY)."""
-    parse = [0.0]
+    waited = [0.0]
     infer = encode = 0.0
     s3 = PartsInMemory()
     sink = S3ObjectStore(s3, "bench").writer("output", kind)
@@ -144,14 +146,15 @@ def run_worker_code(
     start = time.perf_counter()
     batches = read_batches(io.BytesIO(body), kind, batch, model.info.features)
     out = OutputWriter(kind, rows=batches.rows)
-    for _first, matrix in _timed(iter(batches), parse) if timed else batches:
-        t0 = time.perf_counter()
-        predictions = model.predict(matrix)
-        t1 = time.perf_counter()
-        sink.write(out.batch(predictions))
-        encode += time.perf_counter() - t1
-        infer += t1 - t0
-        done += len(matrix)
+    with batches.read_ahead() as ahead:  # as JobRunner._run reads
+        for _first, matrix in _timed(ahead, waited) if timed else ahead:
+            t0 = time.perf_counter()
+            predictions = model.predict(matrix)
+            t1 = time.perf_counter()
+            sink.write(out.batch(predictions))
+            encode += time.perf_counter() - t1
+            infer += t1 - t0
+            done += len(matrix)
     for chunk in out.end():
         sink.write(chunk)
     sink.commit()
@@ -166,7 +169,9 @@ def run_worker_code(
         "rows_per_cpu_s": done / cpu,
         "output_bytes": sum(len(part) for part in s3.parts),
         "share": {
-            "parse": parse[0] / seconds,
+            # Waiting for the next batch: its reading and parsing, less what the read-ahead
+            # thread did while the model ran.
+            "input": waited[0] / seconds,
             "predict": infer / seconds,
             "encode": encode / seconds,
         },

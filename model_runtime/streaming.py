@@ -15,6 +15,7 @@ import io
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -29,6 +30,7 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 from model_runtime.codecs import output_rows
+from model_runtime.read_ahead import ReadAhead
 
 Batch = tuple[int, np.ndarray]  # (number of the batch's first row, rows)
 
@@ -43,13 +45,30 @@ OUTPUT_TYPES = (NDJSON, JSON, CSV, NPY)
 @dataclass
 class Batches:
     """The batches of one input, and its row count when the input states it up front (an
-    .npy header does; text formats do not)."""
+    .npy header does; text formats do not).
+
+    Iterating reads the stream in the caller's thread. ``read_ahead`` reads it in a thread of
+    its own while the caller runs the model (see model_runtime.read_ahead): what a worker
+    does. Either way a read gives whole batches - about a MiB of .npy, or one batch of
+    parsed text - and batches are views of it."""
 
     rows: int | None
-    _batches: Iterator[Batch]
+    _reads: Iterator[Batch]  # (number of the first row, the rows of one or more batches)
+    _batch_rows: int
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._batches
+        return _split(self._reads, self._batch_rows)
+
+    @contextmanager
+    def read_ahead(self, depth: int = 2) -> Iterator[Iterator[Batch]]:
+        """The batches, read up to ``depth`` reads ahead of the caller (0: in line, as
+        iterating does). The stream may be closed once the block is left: the reading
+        thread has ended by then."""
+        if depth == 0:
+            yield iter(self)
+            return
+        with ReadAhead(self._reads, depth) as reads:
+            yield _split(reads, self._batch_rows)
 
 
 def read_batches(
@@ -60,16 +79,16 @@ def read_batches(
     kind = payloads.media_type(content_type)
     if kind == NPY:
         dtype, rows, width = _npy_header(stream, features)
-        return Batches(rows, _npy_batches(stream, dtype, rows, width, batch_rows))
+        return Batches(rows, _npy_reads(stream, dtype, rows, width, batch_rows), batch_rows)
     if kind == JSON:
-        return Batches(None, _json_batches(stream, batch_rows, features))
-    return Batches(None, _line_batches(stream, kind, batch_rows, features))
+        return Batches(None, _json_reads(stream, features), batch_rows)
+    return Batches(None, _line_batches(stream, kind, batch_rows, features), batch_rows)
 
 
-def iter_batches(
-    stream: BinaryIO, content_type: str, batch_rows: int, features: int | None
-) -> Iterator[Batch]:
-    yield from read_batches(stream, content_type, batch_rows, features)
+def _split(reads: Iterable[Batch], batch_rows: int) -> Iterator[Batch]:
+    for first, matrix in reads:
+        for offset in range(0, len(matrix), batch_rows):
+            yield first + offset, matrix[offset : offset + batch_rows]
 
 
 def _check(matrix: np.ndarray, first_row: int, features: int | None) -> np.ndarray:
@@ -186,13 +205,11 @@ def _precise_matrix(
     return np.asarray(decoded.rows, dtype=np.float32)
 
 
-def _json_batches(stream: BinaryIO, batch_rows: int, features: int | None) -> Iterator[Batch]:
+def _json_reads(stream: BinaryIO, features: int | None) -> Iterator[Batch]:
     decoded = payloads.decode(stream.read(), payloads.JSON)
     if decoded.rows is None:
         raise SchemaMismatchError("Send rows, not a tensor of higher rank.")
-    matrix = _rows_matrix(decoded.rows, 1, features)
-    for start in range(0, len(matrix), batch_rows):
-        yield start + 1, matrix[start : start + batch_rows]
+    yield 1, _rows_matrix(decoded.rows, 1, features)
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -260,12 +277,12 @@ def _npy_header(stream: BinaryIO, features: int | None) -> tuple[np.dtype[Any], 
 _NPY_READ_BYTES = 1 << 20  # what one read of .npy data aims at: fits a core's L2 cache
 
 
-def _npy_batches(
+def _npy_reads(
     stream: BinaryIO, dtype: np.dtype[Any], rows: int, width: int, batch_rows: int
 ) -> Iterator[Batch]:
-    """One read covers a whole number of batches (about a MiB); the batches are views of
-    it. Float32 data reaches the model without a copy, other dtypes are converted once a
-    read, and the NaN check is vectorised: no per-row Python."""
+    """Reads of a whole number of batches (about a MiB each). Float32 data reaches the model
+    without a copy, other dtypes are converted once a read, and the NaN check is vectorised:
+    no per-row Python."""
     row_bytes = width * dtype.itemsize
     per_read = max(1, _NPY_READ_BYTES // (batch_rows * row_bytes)) * batch_rows
     for start in range(0, rows, per_read):
@@ -278,8 +295,7 @@ def _npy_batches(
         chunk = _as_float32(np.frombuffer(data, dtype=dtype).reshape(count, width))
         if dtype.kind == "f":  # integers are always finite, also once converted
             _refuse_non_finite(chunk, start + 1)
-        for offset in range(0, count, batch_rows):
-            yield start + offset + 1, chunk[offset : offset + batch_rows]
+        yield start + 1, chunk
 
 
 def _as_float32(chunk: np.ndarray) -> np.ndarray:

@@ -107,13 +107,15 @@ def models(onnx: bytes) -> ModelCache:
 
 
 class World:
-    def __init__(self, onnx: bytes, models: ModelCache) -> None:
+    def __init__(self, onnx: bytes, models: ModelCache, read_ahead: int = 2) -> None:
         self.jobs = MemoryJobs()
         self.objects = MemoryObjects()
         self.objects.put(MODEL_KEY, onnx, "application/octet-stream")
         self.notifier = MemoryNotifier()
         self.runner = JobRunner(
-            RunnerConfig(worker_id="w1", region="us-east-1", batch_rows=BATCH),
+            RunnerConfig(
+                worker_id="w1", region="us-east-1", batch_rows=BATCH, read_ahead=read_ahead
+            ),
             self.jobs,  # type: ignore[arg-type]
             self.objects,
             models,
@@ -149,9 +151,10 @@ class World:
         return self.objects.objects[job.output_key]
 
 
-@pytest.fixture()
-def world(onnx: bytes, models: ModelCache) -> Iterator[World]:
-    yield World(onnx, models)
+@pytest.fixture(params=[2, 0], ids=["read-ahead", "in-line"])
+def world(onnx: bytes, models: ModelCache, request: pytest.FixtureRequest) -> Iterator[World]:
+    """Every job is run with the input read ahead in a thread (the default) and in line."""
+    yield World(onnx, models, read_ahead=request.param)
 
 
 def npy(array: np.ndarray) -> bytes:
