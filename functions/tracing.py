@@ -6,9 +6,11 @@ is imported only when subsegments are on."""
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from gateway.ports import NoSpans
 
 if TYPE_CHECKING:
     from gateway.ports import Spans
@@ -22,14 +24,6 @@ class XRaySpans:
         return self._tracer.provider.in_subsegment(f"## {name}")  # type: ignore[no-any-return]
 
 
-class Untraced:
-    """No subsegments (as the core's ``NoSpans``, which the authorizer does not import: it
-    lives with the core's request path)."""
-
-    def span(self, name: str) -> AbstractContextManager[object]:
-        return nullcontext()
-
-
 def enabled() -> bool:
     return os.environ.get("INFERGW_XRAY_SUBSEGMENTS", "").lower() == "true"
 
@@ -37,7 +31,7 @@ def enabled() -> bool:
 @cache
 def spans() -> Spans:
     if not enabled():
-        return Untraced()
+        return NoSpans()
     from aws_lambda_powertools import Tracer
 
     return XRaySpans(Tracer(service="infergw"))

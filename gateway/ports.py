@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from gateway.values import ApiKeyRecord, BackendReply
@@ -141,3 +141,10 @@ class Spans(Protocol):
     """Tracing: a named span around a step (auth, limit, route, backend)."""
 
     def span(self, name: str) -> AbstractContextManager[object]: ...
+
+
+class NoSpans:
+    """Spans that trace nothing: the default."""
+
+    def span(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()

@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,7 @@ from gateway.errors import (
 from gateway.live import LiveState
 from gateway.metrics import RequestMetrics
 from gateway.models import ModelPolicy, ModelSummary
-from gateway.ports import EndpointInvoker, PolicyStore, Spans, UsageStore
+from gateway.ports import EndpointInvoker, NoSpans, PolicyStore, Spans, UsageStore
 from gateway.usage import UsageRecorder
 from gateway.values import (
     Backend,
@@ -149,13 +148,6 @@ class Invocation:
     timeout_ms: float
     deadline: float  # on the live state's clock: give up here
     budget_end: float  # no fallback that would end after this
-
-
-class NoSpans:
-    """The default: no tracing."""
-
-    def span(self, name: str) -> AbstractContextManager[object]:
-        return nullcontext()
 
 
 class Gateway:

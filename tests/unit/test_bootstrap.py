@@ -11,6 +11,7 @@ import pytest
 
 from functions import bootstrap, tracing
 from gateway.adapters import aws
+from gateway.ports import NoSpans
 from tests.fresh_python import run_fresh
 
 SETTINGS = {
@@ -125,7 +126,7 @@ def test_tracing_off_is_a_no_op_without_the_sdk(monkeypatch: pytest.MonkeyPatch)
     try:
         with tracing.spans().span("auth") as span:
             assert span is None
-        assert isinstance(tracing.spans(), tracing.Untraced)
+        assert isinstance(tracing.spans(), NoSpans)
     finally:
         tracing.spans.cache_clear()
 
