@@ -4,6 +4,10 @@ downloads for everything larger."""
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -97,9 +101,23 @@ class S3ObjectStore:
 
 class MultipartWriter:
     """Writes one object: a single PUT when small, a multipart upload when not. Nothing is
-    visible under the key until ``commit``; ``abort`` leaves nothing behind."""
+    visible under the key until ``commit``; ``abort`` leaves nothing behind.
 
-    def __init__(self, client: Any, bucket: str, key: str, content_type: str, part: int) -> None:
+    A full part uploads in a thread while the caller fills the next, as s3transfer's
+    concurrent parts do: a worker's model does not wait for S3 unless S3 is the slower of
+    the two. At most ``in_flight`` parts upload at once (0: each in the caller's thread),
+    so memory stays within ``in_flight + 1`` parts. A failed upload is raised by the
+    ``write`` that fills the next part beyond that bound, or by ``commit``."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        content_type: str,
+        part: int,
+        in_flight: int = 1,
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._key = key
@@ -107,7 +125,10 @@ class MultipartWriter:
         self._part = part
         self._buffer = bytearray()  # the part being filled; never longer than a part
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[dict[str, Any]] = []  # uploaded, in part number order
+        self._in_flight = in_flight
+        self._uploading: deque[tuple[int, Future[dict[str, Any]]]] = deque()  # oldest first
+        self._threads: ThreadPoolExecutor | None = None
 
     def write(self, data: bytes | memoryview) -> None:
         """Copies ``data`` (bytes or a flat byte view) once, into the part being filled; a
@@ -118,50 +139,71 @@ class MultipartWriter:
             self._buffer += view[:room]
             view = view[room:]
             if len(self._buffer) == self._part:
-                self._flush(self._buffer)
+                self._send(self._buffer)
                 self._buffer = bytearray()
 
-    def _flush(self, chunk: bytearray) -> None:
-        try:
-            if self._upload_id is None:
-                self._upload_id = self._client.create_multipart_upload(
-                    Bucket=self._bucket, Key=self._key, ContentType=self._type
-                )["UploadId"]
-            number = len(self._parts) + 1
-            etag = self._client.upload_part(
+    def _send(self, chunk: bytearray) -> None:
+        if self._upload_id is None:
+            self._upload_id = _s3(
+                self._client.create_multipart_upload,
                 Bucket=self._bucket,
                 Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=chunk,
-            )["ETag"]
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyUnavailableError("S3 is unavailable.", retry_after_s=2) from exc
-        self._parts.append({"PartNumber": number, "ETag": etag})
+                ContentType=self._type,
+            )["UploadId"]
+        number = len(self._parts) + len(self._uploading) + 1
+        upload = partial(
+            self._client.upload_part,
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=chunk,
+        )
+        if self._in_flight == 0:
+            self._parts.append({"PartNumber": number, "ETag": _s3(upload)["ETag"]})
+            return
+        while len(self._uploading) >= self._in_flight:
+            self._settle_oldest()
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self._in_flight, thread_name_prefix="s3-part")
+        self._uploading.append((number, self._threads.submit(upload)))
+
+    def _settle_oldest(self) -> None:
+        number, upload = self._uploading.popleft()
+        self._parts.append({"PartNumber": number, "ETag": _s3(upload.result)["ETag"]})
 
     def commit(self) -> None:
-        try:
-            if self._upload_id is None:
-                self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=self._key,
-                    Body=self._buffer,
-                    ContentType=self._type,
-                )
-                return
-            if self._buffer:
-                self._flush(self._buffer)
-                self._buffer = bytearray()
-            self._client.complete_multipart_upload(
+        if self._upload_id is None:
+            _s3(
+                self._client.put_object,
                 Bucket=self._bucket,
                 Key=self._key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
+                Body=self._buffer,
+                ContentType=self._type,
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise DependencyUnavailableError("S3 is unavailable.", retry_after_s=2) from exc
+            return
+        if self._buffer:
+            self._send(self._buffer)
+            self._buffer = bytearray()
+        while self._uploading:
+            self._settle_oldest()
+        self._stop_threads()
+        _s3(
+            self._client.complete_multipart_upload,
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
 
     def abort(self) -> None:
+        """Ends the upload, if any, once the parts still uploading are done with (S3 may
+        keep a part that lands after the abort)."""
+        for _number, upload in self._uploading:
+            upload.cancel()  # those not started yet
+        wait([upload for _number, upload in self._uploading])
+        self._uploading.clear()
+        self._stop_threads()
         if self._upload_id is not None:
             # On failure the bucket's lifecycle rule cleans the incomplete upload.
             with contextlib.suppress(ClientError, BotoCoreError):
@@ -169,3 +211,16 @@ class MultipartWriter:
                     Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
                 )
         self._buffer.clear()
+
+    def _stop_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
+
+
+def _s3(call: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+    """An S3 call whose failure is S3's unavailability to the worker's caller."""
+    try:
+        return call(**params)
+    except (ClientError, BotoCoreError) as exc:
+        raise DependencyUnavailableError("S3 is unavailable.", retry_after_s=2) from exc

@@ -5,6 +5,7 @@ that a caller may reuse what it wrote as soon as ``write`` returns."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -125,3 +126,93 @@ def test_an_s3_error_is_a_dependency_error(failing: str) -> None:
     with pytest.raises(DependencyUnavailableError):
         writer.write(bytes(size))
         writer.commit()
+
+
+# -- parts upload in the background while the next fills ----------------------------------
+class SlowS3(RecordingS3):
+    """Part uploads that wait for the test's word (``go[n]``, set by the test or by another
+    part's end) and log when they start and end, in order across threads."""
+
+    def __init__(self, parts: int) -> None:
+        super().__init__()
+        self.go = {n: threading.Event() for n in range(1, parts + 1)}
+        self.started = {n: threading.Event() for n in range(1, parts + 1)}
+        self.log: list[str] = []
+        self.then: dict[int, int] = {}  # part n's end lets part m go
+
+    def upload_part(self, **kwargs: Any) -> dict[str, Any]:
+        number = kwargs["PartNumber"]
+        self.started[number].set()
+        if not self.go[number].wait(10):
+            self.log.append(f"part {number} never let go")
+        self.log.append(f"end {number}")
+        if number in self.then:
+            self.go[self.then[number]].set()
+        return super().upload_part(**kwargs)
+
+    def abort_multipart_upload(self, **kwargs: Any) -> dict[str, Any]:
+        self.log.append("abort")
+        return super().abort_multipart_upload(**kwargs)
+
+
+def test_a_full_part_uploads_while_the_caller_fills_the_next() -> None:
+    s3 = SlowS3(parts=2)
+    writer = _writer(s3)
+    writer.write(bytes(range(PART)))  # part 1 is full: its upload starts and waits
+    assert s3.started[1].wait(10)
+    writer.write(b"\xff" * (PART - 1))  # returns while part 1 is still uploading
+    assert s3.log == []
+    s3.go[1].set()
+    s3.go[2].set()
+    writer.commit()
+    assert s3.log == ["end 1", "end 2"]  # the short last part, sent at commit
+    parts = s3.named("upload_part")
+    assert b"".join(p["Body"] for p in parts) == bytes(range(PART)) + b"\xff" * (PART - 1)
+
+
+def test_parts_that_finish_out_of_order_complete_in_part_order() -> None:
+    s3 = SlowS3(parts=3)
+    s3.then = {3: 2, 2: 1}  # part 3 ends first, then 2, then 1
+    s3.go[3].set()
+    writer = MultipartWriter(s3, "bucket", "k", "application/x-npy", PART, in_flight=3)
+    writer.write(b"".join(bytes([n]) * PART for n in (1, 2, 3)))
+    writer.commit()
+    assert s3.log == ["end 3", "end 2", "end 1"]
+    (complete,) = s3.named("complete_multipart_upload")
+    assert complete["MultipartUpload"]["Parts"] == [
+        {"PartNumber": n, "ETag": f'"etag-{n}"'} for n in (1, 2, 3)
+    ]
+
+
+def test_a_failed_background_upload_fails_commit_and_abort_ends_the_upload() -> None:
+    s3 = RecordingS3(fail_on="upload_part")
+    writer = _writer(s3)
+    writer.write(bytes(PART))  # sent in the background; it fails there
+    with pytest.raises(DependencyUnavailableError):
+        writer.commit()
+    writer.abort()
+    assert len(s3.named("abort_multipart_upload")) == 1
+    assert s3.named("complete_multipart_upload") == []
+
+
+def test_abort_waits_for_the_part_still_uploading() -> None:
+    s3 = SlowS3(parts=1)
+    writer = _writer(s3)
+    writer.write(bytes(PART))
+    assert s3.started[1].wait(10)
+    aborting = threading.Thread(target=writer.abort)
+    aborting.start()
+    s3.go[1].set()
+    aborting.join(10)
+    assert s3.log == ["end 1", "abort"]
+
+
+def test_with_none_in_flight_each_part_uploads_in_the_callers_thread() -> None:
+    s3 = RecordingS3()
+    callers: list[str] = []
+    upload = s3.upload_part
+    s3.upload_part = lambda **kw: callers.append(threading.current_thread().name) or upload(**kw)  # type: ignore[method-assign]
+    writer = MultipartWriter(s3, "bucket", "k", "application/x-npy", PART, in_flight=0)
+    writer.write(bytes(PART * 2))
+    assert callers == [threading.current_thread().name] * 2  # sent before write returned
+    writer.commit()
